@@ -1,0 +1,91 @@
+"""Process wiring: the event loop, the certificate store, the worker, and `workers: N`.
+
+`run(config)` is what `fopproxy -c FILE` does. With one worker everything runs in this process;
+with more, a supervisor forks them (each binds the port with SO_REUSEPORT, so the kernel spreads
+connections), forwards signals, and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+from fopproxy.config import Config
+from fopproxy.reload import CertificateStore
+from fopproxy.server import Worker
+from fopproxy.stats import Stats
+
+log = logging.getLogger("fopproxy")
+
+WorkerHook = Callable[[Worker], Awaitable[None]]
+
+
+def new_store(config: Config, stats: Stats) -> CertificateStore:
+    """Load and validate the certificates; raises CertificateError (exit 2) when unusable."""
+    return CertificateStore(
+        config.tls.certificates,
+        config.server_name,
+        config.tls.selection,
+        stats,
+        pair_grace=max(10.0, 2 * config.tls.reload_interval),
+    )
+
+
+async def serve_worker(
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[], None] | None = None,
+    hooks: tuple[WorkerHook, ...] = (),
+) -> int:
+    """Run one worker on the current (uvloop) loop until a signal drains it."""
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    store = new_store(config, stats)
+    worker = Worker(config, store, stats, reuse_port=reuse_port)
+    worker.install_signal_handlers(loop)
+    try:
+        await worker.start()
+        for hook in hooks:
+            await hook(worker)
+        certs = ", ".join(
+            f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
+            for c in store.current.certificates
+        )
+        log.info(
+            "listening on %s -> %s, profile %s, pid %d, certificates: %s",
+            config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
+        )
+        if ready is not None:
+            ready()
+        return await worker.serve()
+    finally:
+        worker.remove_signal_handlers(loop)
+
+
+def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
+    """What each worker starts next to its listener (the metrics listener, where configured)."""
+    del config
+    return ()
+
+
+def run_worker(
+    config: Config, *, reuse_port: bool = False, ready: Callable[[], None] | None = None
+) -> int:
+    return uvloop.run(  # type: ignore[no-any-return]
+        serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=worker_hooks(config))
+    )
+
+
+def run(config: Config) -> int:
+    # Validate certificates before forking anything, so a bad file is one clear error.
+    new_store(config, Stats())
+    if config.workers == 1:
+        return run_worker(config)
+    from fopproxy.workers import Supervisor
+
+    return Supervisor(config).run()

@@ -1,0 +1,392 @@
+"""Certificate loading and validation, and the immutable certificate set a listener serves from.
+
+A `CertificateSet` is built completely (parsed, validated, contexts made) before anyone sees it;
+reloading builds a new one and swaps a single reference, so a broken file never reaches a client
+and connections already open keep the context they started with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from fopproxy.errors import CertificateError
+from fopproxy.policy import KeyType, SuiteSelection
+from fopproxy.tls import build_context
+
+MIN_RSA_BITS = 2048
+ALLOWED_CURVES = {"secp256r1": 256, "secp384r1": 384}
+
+
+@dataclass(frozen=True)
+class CertificateSource:
+    """Where one certificate chain and its key live on disk (paths already absolute)."""
+
+    cert: Path
+    key: Path
+    passphrase_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a public key is, in the terms the rules use."""
+
+    key_type: KeyType | None
+    bits: int
+    description: str
+
+
+def describe_key(key: object) -> KeyInfo:
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return KeyInfo("rsa", key.key_size, f"RSA {key.key_size}")
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        name = key.curve.name
+        bits = key.curve.key_size
+        if name in ALLOWED_CURVES:
+            return KeyInfo("ecdsa", bits, f"ECDSA {name}")
+        return KeyInfo(None, bits, f"ECDSA {name} (curve not allowed: use P-256 or P-384)")
+    return KeyInfo(None, 0, f"{type(key).__name__} (no Card FOP suite can use it)")
+
+
+def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """DNS names a client checks: the SAN dNSNames, or the CN only where there is no SAN."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        return tuple(n.lower().rstrip(".") for n in san.value.get_values_for_type(x509.DNSName))
+    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return tuple(str(a.value).lower().rstrip(".") for a in common_names)
+
+
+def hostname_matches(pattern: str, host: str) -> bool:
+    """RFC 6125 §6.4: exact match, or a `*` that is the whole left-most label and matches one label.
+
+    `*.pay.example.com` covers `api.pay.example.com`, not `pay.example.com` nor
+    `a.b.pay.example.com`. Partial-label wildcards (`f*.example.com`) and wildcards over a bare
+    public suffix (`*.com`) are refused, as browsers and CA/B rules do.
+    """
+    pattern = pattern.lower().rstrip(".")
+    host = host.lower().rstrip(".")
+    if not pattern or not host:
+        return False
+    if "*" not in pattern:
+        return pattern == host
+    first, _, rest = pattern.partition(".")
+    if first != "*" or "*" in rest or "." not in rest:
+        return False
+    label, _, host_rest = host.partition(".")
+    return bool(label) and host_rest == rest
+
+
+def covers(names: Sequence[str], host: str) -> bool:
+    return any(hostname_matches(name, host) for name in names)
+
+
+def chain_order_problem(chain: Sequence[x509.Certificate]) -> str | None:
+    """Why the chain is not leaf-first with each certificate signed by the next, or None."""
+    for index in range(len(chain) - 1):
+        child, parent = chain[index], chain[index + 1]
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            return (
+                f"certificate #{index} ({child.subject.rfc4514_string()}) is not signed by the "
+                f"next one in the file ({parent.subject.rfc4514_string()}); "
+                "put the leaf first, then each issuer in order"
+            )
+    return None
+
+
+def parse_chain(data: bytes) -> list[x509.Certificate]:
+    try:
+        chain = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise CertificateError(f"not a PEM certificate chain ({exc})") from None
+    return chain
+
+
+def parse_private_key(data: bytes, password: bytes | None) -> object:
+    try:
+        return serialization.load_pem_private_key(data, password=password)
+    except TypeError as exc:
+        # cryptography raises TypeError for "encrypted but no password" and the reverse.
+        raise CertificateError(f"private key: {exc}") from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CertificateError(f"private key cannot be read ({exc})") from None
+
+
+def public_key_der(key: object) -> bytes:
+    public = key.public_key() if hasattr(key, "public_key") else key
+    return public.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def fingerprint_sha256(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+@dataclass(frozen=True)
+class LoadedCertificate:
+    """One validated chain with its key, ready to be put into a context."""
+
+    source: CertificateSource
+    chain: tuple[x509.Certificate, ...]
+    key_type: KeyType
+    key_description: str
+    names: tuple[str, ...]
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    password: bytes | None = field(repr=False)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.leaf.serial_number, "x")
+
+    @property
+    def not_before(self) -> datetime:
+        return self.leaf.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.leaf.not_valid_after_utc
+
+    @property
+    def label(self) -> str:
+        """A name for logs and metrics: the first DNS name, else the file name."""
+        return self.names[0] if self.names else self.source.cert.name
+
+
+def read_source(source: CertificateSource) -> tuple[bytes, bytes, bytes | None]:
+    """Read cert, key and passphrase bytes; OSError names the file that failed."""
+    cert_pem = source.cert.read_bytes()
+    key_pem = source.key.read_bytes()
+    password = None
+    if source.passphrase_file is not None:
+        password = source.passphrase_file.read_bytes().rstrip(b"\r\n")
+    return cert_pem, key_pem, password
+
+
+def validate_certificate(
+    source: CertificateSource,
+    cert_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None = None,
+) -> LoadedCertificate:
+    """Everything the rules and the start-up contract ask of one chain; CertificateError if not."""
+    chain = parse_chain(cert_pem)
+    key = parse_private_key(key_pem, password)
+    leaf = chain[0]
+    if public_key_der(key) != public_key_der(leaf.public_key()):
+        raise CertificateError(
+            f"key {source.key} does not match certificate {source.cert} (different public keys)"
+        )
+    info = describe_key(leaf.public_key())
+    if info.key_type is None:
+        raise CertificateError(f"{source.cert}: key is {info.description}")
+    if info.key_type == "rsa" and info.bits < MIN_RSA_BITS:
+        raise CertificateError(f"{source.cert}: RSA key has {info.bits} bits, at least 2048 needed")
+    if info.key_type not in selection.key_types:
+        raise CertificateError(
+            f"{source.cert}: a {info.key_type.upper()} key, but no selected suite uses one "
+            f"(selected: {', '.join(selection.tls12)})"
+        )
+    moment = now or datetime.now(UTC)
+    if moment < leaf.not_valid_before_utc:
+        raise CertificateError(
+            f"{source.cert}: not valid before {leaf.not_valid_before_utc.isoformat()}"
+        )
+    if moment >= leaf.not_valid_after_utc:
+        raise CertificateError(f"{source.cert}: expired on {leaf.not_valid_after_utc.isoformat()}")
+    names = certificate_names(leaf)
+    if not covers(names, server_name):
+        raise CertificateError(
+            f"{source.cert}: does not cover server_name {server_name!r} "
+            f"(certificate names: {', '.join(names) or 'none'})"
+        )
+    problem = chain_order_problem(chain)
+    if problem is not None:
+        raise CertificateError(f"{source.cert}: {problem}")
+    return LoadedCertificate(
+        source=source,
+        chain=tuple(chain),
+        key_type=info.key_type,
+        key_description=info.description,
+        names=names,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        password=password,
+    )
+
+
+@contextlib.contextmanager
+def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
+    """Paths that read back exactly `blobs`, without the key ever touching a disk.
+
+    `load_cert_chain` only takes paths; handing it what we validated (rather than re-reading the
+    user's files, which a rotation may be rewriting right now) closes the check-then-use race.
+    """
+    fds: list[int] = []
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        paths = []
+        for blob in blobs:
+            if hasattr(os, "memfd_create"):
+                fd = os.memfd_create("fopproxy-pem", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.write(fd, blob)
+                paths.append(f"/proc/self/fd/{fd}")
+            else:  # pragma: no cover - non-Linux fallback
+                tmpdir = tmpdir or tempfile.TemporaryDirectory(prefix="fopproxy-")
+                path = Path(tmpdir.name) / f"{len(paths)}.pem"
+                path.touch(0o600)
+                path.write_bytes(blob)
+                paths.append(str(path))
+        yield paths
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if tmpdir is not None:  # pragma: no cover
+            tmpdir.cleanup()
+
+
+def _group_for(certificates: Sequence[LoadedCertificate], host: str) -> tuple[int, ...]:
+    """Indices of the certificates to serve for `host`: the first covering it per key type."""
+    chosen: dict[str, int] = {}
+    for index, cert in enumerate(certificates):
+        if cert.key_type not in chosen and covers(cert.names, host):
+            chosen[cert.key_type] = index
+    return tuple(sorted(chosen.values()))
+
+
+class CertificateSet:
+    """An immutable, validated set of certificates and the contexts that serve them.
+
+    With one certificate per key type (the usual ECDSA + RSA pair) there is one context and no
+    per-handshake work. Where several certificates share a key type, SNI picks among them: one
+    context per distinct group is built up front, and the SNI callback only switches to it.
+    """
+
+    def __init__(
+        self,
+        certificates: Sequence[LoadedCertificate],
+        selection: SuiteSelection,
+        server_name: str,
+        digest: str,
+    ) -> None:
+        self.certificates = tuple(certificates)
+        self.selection = selection
+        self.server_name = server_name
+        self.digest = digest
+        self._contexts: dict[tuple[int, ...], ssl.SSLContext] = {}
+        default_group = _group_for(self.certificates, server_name)
+        needs_sni = len(self.certificates) > len({c.key_type for c in self.certificates})
+        candidates = {server_name}
+        if needs_sni:
+            for cert in self.certificates:
+                for name in cert.names:
+                    # A wildcard stands for every host under it; one representative finds its group.
+                    candidates.add(name.replace("*", "x--wildcard", 1))
+        for host in candidates:
+            group = _group_for(self.certificates, host)
+            if group and group != default_group and group not in self._contexts:
+                self._contexts[group] = self._make_context(group, with_sni=False)
+        # The default context always gets the SNI callback: it records the name for the log line
+        # and, where several certificates share a key type, switches to the group for that name.
+        self._contexts[default_group] = self._make_context(default_group, with_sni=True)
+        self._needs_sni = needs_sni
+        self.context: ssl.SSLContext = self._contexts[default_group]
+        self._default_group = default_group
+
+    def _make_context(self, group: tuple[int, ...], *, with_sni: bool) -> ssl.SSLContext:
+        members = [self.certificates[i] for i in group]
+        blobs = [blob for c in members for blob in (c.cert_pem, c.key_pem)]
+        with _memory_files(*blobs) as paths:
+            chains = [
+                (paths[2 * i], paths[2 * i + 1], c.password) for i, c in enumerate(members)
+            ]
+            try:
+                return build_context(
+                    self.selection, chains, self._on_sni if with_sni else None
+                )
+            except ssl.SSLError as exc:
+                raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
+
+    def _on_sni(
+        self, ssl_object: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        if server_name is None:
+            return
+        ssl_object.sni = server_name  # type: ignore[attr-defined]
+        if not self._needs_sni:
+            return
+        group = _group_for(self.certificates, server_name)
+        if group and group != self._default_group:
+            context = self._contexts.get(group)
+            if context is not None:
+                ssl_object.context = context
+
+    def earliest_expiry(self) -> datetime:
+        return min(c.not_after for c in self.certificates)
+
+
+def load_certificate_set(
+    sources: Sequence[CertificateSource],
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None = None,
+) -> CertificateSet:
+    """Read, validate and build; CertificateError names `tls.certificates[i]` and the problem."""
+    loaded: list[LoadedCertificate] = []
+    hasher = hashlib.sha256()
+    for index, source in enumerate(sources):
+        where = f"tls.certificates[{index}]"
+        try:
+            cert_pem, key_pem, password = read_source(source)
+        except OSError as exc:
+            raise CertificateError(
+                f"{where}: cannot read {exc.filename}: {exc.strerror}"
+            ) from None
+        for blob in (cert_pem, key_pem, password or b""):
+            hasher.update(hashlib.sha256(blob).digest())
+        try:
+            loaded.append(
+                validate_certificate(
+                    source, cert_pem, key_pem, password, server_name, selection, now
+                )
+            )
+        except CertificateError as exc:
+            raise CertificateError(f"{where}: {exc}") from None
+    return CertificateSet(loaded, selection, server_name, hasher.hexdigest())
+
+
+def source_digest(sources: Sequence[CertificateSource]) -> str:
+    """Digest of the files' current content, the same way `load_certificate_set` computes it."""
+    hasher = hashlib.sha256()
+    for source in sources:
+        cert_pem, key_pem, password = read_source(source)
+        for blob in (cert_pem, key_pem, password or b""):
+            hasher.update(hashlib.sha256(blob).digest())
+    return hasher.hexdigest()

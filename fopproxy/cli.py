@@ -1,0 +1,104 @@
+"""The command line: the only place that prints to stderr for users and picks exit codes.
+
+Exit codes: 0 success; 1 runtime failure (cannot bind, workers crash, forced shutdown);
+2 usage, configuration or certificate error (the message names the key and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fopproxy import __version__
+from fopproxy.errors import FopproxyError
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+DESCRIPTION = """\
+fopproxy terminates TLS in front of a plain HTTP backend with a context that meets Google's
+Card FOP / Standard Payments transport rules by construction (TLS 1.2+, six ECDHE suites),
+streams bytes both ways, exports Prometheus metrics and hot-reloads certificates.
+"""
+
+EPILOG = """\
+examples:
+  fopproxy -c proxy.yaml           run the proxy (same as: fopproxy run -c proxy.yaml)
+  fopproxy demo                    TLS on https://localhost:8443/ in front of a built-in backend
+
+exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or certificate
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fopproxy",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fopproxy {__version__}")
+    parser.add_argument("-c", "--config", help="YAML configuration file (runs the proxy)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the proxy", description="Run the proxy.")
+    run.add_argument("-c", "--config", required=True, help="YAML configuration file")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a demo endpoint on loopback",
+        description="A TLS endpoint on 127.0.0.1 with a generated self-signed certificate "
+        "in front of a built-in backend.",
+    )
+    demo.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
+    demo.add_argument("--metrics-port", type=int, default=9100, help="metrics port (default 9100)")
+    return parser
+
+
+def _error(message: str) -> None:
+    print(f"fopproxy: {message}", file=sys.stderr)
+
+
+def _run(config_path: str) -> int:
+    from fopproxy.app import run
+    from fopproxy.config import load_config
+    from fopproxy.logs import configure_logging
+
+    config = load_config(config_path)
+    configure_logging(config.logging)
+    try:
+        return run(config)
+    except OSError as exc:
+        _error(f"cannot listen on {config.listen}: {exc.strerror or exc}")
+        return EXIT_RUNTIME
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from fopproxy.demo import run_demo
+            from fopproxy.logs import configure_logging
+            from fopproxy.config import LoggingConfig
+
+            configure_logging(LoggingConfig())
+            return run_demo(args.port, args.metrics_port)
+        if args.command == "run" or (args.command is None and args.config):
+            return _run(args.config)
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    except FopproxyError as exc:
+        from fopproxy.errors import ConfigError
+
+        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        for problem in problems:
+            _error(f"config error: {problem}" if isinstance(exc, ConfigError) else str(problem))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        logging.shutdown()

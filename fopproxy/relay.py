@@ -1,0 +1,607 @@
+"""The connection pump: TLS over memory BIOs on plain transports, relayed to a plain backend.
+
+Why our own TLS layer instead of `create_server(ssl=...)`: asyncio's and uvloop's SSL transports
+close without sending the alert OpenSSL queued (CPython gh-98078), so a TLS 1.1 client would see
+an EOF instead of `protocol_version`. Driving `SSLObject` over `MemoryBIO` ourselves sends every
+alert before the close, answers close_notify, keeps client half-close, and lets us bound the
+per-connection buffers: network reads land in one buffer shared by every connection of the loop,
+and are fed to the BIOs in slices of at most `TLS_SLICE` bytes, so a BIO (which never shrinks)
+stays small however large a burst was.
+
+One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
+both ways with backpressure -> close both sides -> one log line + stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fopproxy.config import TcpAddress, Timeouts, UnixAddress
+from fopproxy.stats import Stats
+from fopproxy.tls import ServerSSLObject
+
+if TYPE_CHECKING:
+    from fopproxy.certs import CertificateSet
+
+log = logging.getLogger("fopproxy.conn")
+
+# One network read may fill this much; shared by all connections of a loop, never per connection.
+READ_BUFFER_SIZE = 256 * 1024
+# Largest plaintext fed to SSL_write / ciphertext fed to the incoming BIO at once. 16 KiB is one
+# full TLS record: fewer records (and Python calls) per byte than smaller slices, while each
+# memory BIO stays at about one record resident.
+TLS_SLICE = 16 * 1024
+# SSL_read returns at most one record's plaintext; asking for more costs nothing.
+SSL_READ_SIZE = 16 * 1024 + 256
+
+HANDSHAKE, CONNECTING, OPEN, CLOSED = range(4)
+
+
+def classify_handshake_error(exc: ssl.SSLError) -> str:
+    """Map OpenSSL's reason code to the bounded `reason` label set."""
+    reason = exc.reason or ""
+    if reason in {
+        "UNSUPPORTED_PROTOCOL", "VERSION_TOO_LOW", "WRONG_SSL_VERSION",
+        "TLSV1_ALERT_PROTOCOL_VERSION", "UNKNOWN_PROTOCOL", "NO_PROTOCOLS_AVAILABLE",
+        "BAD_PROTOCOL_VERSION_NUMBER",
+    }:
+        return "unsupported_protocol"
+    if reason in {"NO_SHARED_CIPHER", "NO_CIPHERS_AVAILABLE", "NO_SUITABLE_SIGNATURE_ALGORITHM",
+                  "NO_SHARED_SIGNATURE_ALGORITHMS", "NO_SUITABLE_KEY_SHARE", "NO_SHARED_GROUPS"}:
+        return "no_shared_cipher"
+    if reason in {"HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER",
+                  "PACKET_LENGTH_TOO_LONG", "RECORD_LENGTH_MISMATCH", "UNKNOWN_RECORD_TYPE"}:
+        return "not_tls"
+    if "CERTIFICATE" in reason or reason in {"TLSV1_ALERT_UNKNOWN_CA", "TLSV1_ALERT_DECRYPT_ERROR",
+                                             "SSLV3_ALERT_BAD_CERTIFICATE"}:
+        return "cert_rejected"
+    if isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
+        return "client_eof"
+    return "other"
+
+
+def classify_connect_error(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "dns"
+    if isinstance(exc, TimeoutError | asyncio.CancelledError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return "refused"
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+            return "unreachable"
+        if exc.errno == errno.ECONNRESET:
+            return "reset"
+    return "other"
+
+
+def _printable_sni(name: str | None) -> str:
+    if not name:
+        return "-"
+    return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
+
+
+class Relay:
+    """What every connection of one listener shares: policy, counters, the read buffer."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        certificates: Callable[[], CertificateSet],
+        backend: TcpAddress | UnixAddress,
+        timeouts: Timeouts,
+        max_connections: int,
+        stats: Stats,
+        log_connections: bool,
+    ) -> None:
+        self.loop = loop
+        self.time = loop.time
+        self.certificates = certificates
+        self.backend = backend
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self.stats = stats
+        self.log_connections = log_connections
+        self.active: set[ClientConnection] = set()
+        self.accepting = True
+        self.idle_waiters: list[asyncio.Future[None]] = []
+        self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+
+    def protocol_factory(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def forget(self, conn: ClientConnection) -> None:
+        self.active.discard(conn)
+        self.stats.connections_active = len(self.active)
+        if not self.active and self.idle_waiters:
+            for waiter in self.idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.idle_waiters.clear()
+
+    async def wait_idle(self) -> None:
+        if self.active:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self.idle_waiters.append(waiter)
+            await waiter
+
+    def abort_all(self, reason: str) -> None:
+        for conn in list(self.active):
+            conn.abort(reason)
+
+
+class BackendProtocol(asyncio.BufferedProtocol):
+    """The plain side; it only forwards events to its ClientConnection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.backend_made(transport)  # type: ignore[arg-type]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.relay.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.from_backend(nbytes)
+
+    def eof_received(self) -> bool:
+        return self.conn.backend_eof()
+
+    def pause_writing(self) -> None:
+        self.conn.backend_full(True)
+
+    def resume_writing(self) -> None:
+        self.conn.backend_full(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.backend_lost(exc)
+
+
+class ClientConnection(asyncio.BufferedProtocol):
+    """One client: TLS state machine, relay both ways, timers, accounting."""
+
+    __slots__ = (
+        "_backend_full",
+        "_client_done",
+        "_connect_task",
+        "_in",
+        "_last",
+        "_out",
+        "_peer",
+        "_reason",
+        "_ssl",
+        "_started",
+        "_timer",
+        "_transport",
+        "backend",
+        "backend_done",
+        "cipher",
+        "relay",
+        "state",
+        "to_backend",
+        "to_client",
+        "version",
+    )
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.state = HANDSHAKE
+        self.backend: asyncio.Transport | None = None
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._client_done = False
+        self.backend_done = False
+        self._backend_full = False
+        self._reason = "done"
+        self.to_backend = 0
+        self.to_client = 0
+        self.version = "-"
+        self.cipher = "-"
+        self._peer: Any = None
+
+    # ---- client transport events ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        relay = self.relay
+        self._transport = transport  # type: ignore[assignment]
+        stats = relay.stats
+        if not relay.accepting or len(relay.active) >= relay.max_connections:
+            # Shed before any TLS work: the cheapest refusal is an immediate reset.
+            stats.connections_rejected["draining" if not relay.accepting else "limit"] += 1
+            self.state = CLOSED
+            transport.abort()
+            return
+        relay.active.add(self)
+        stats.connections_accepted += 1
+        stats.connections_active = len(relay.active)
+        if relay.log_connections:
+            self._peer = transport.get_extra_info("peername")
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        ctx = relay.certificates().context
+        self._ssl: ServerSSLObject = ctx.wrap_bio(self._in, self._out, server_side=True)  # type: ignore[assignment]
+        self._started = relay.time()
+        self._timer = relay.loop.call_later(relay.timeouts.handshake, self._handshake_timeout)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.relay.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self.relay.buffer
+        write = self._in.write
+        if nbytes <= TLS_SLICE:
+            write(view[:nbytes])
+            self._advance()
+            return
+        for offset in range(0, nbytes, TLS_SLICE):
+            if self.state == CLOSED:
+                return
+            write(view[offset : offset + TLS_SLICE])
+            self._advance()
+
+    def _advance(self) -> None:
+        state = self.state
+        if state == OPEN:
+            self._last = self.relay.time()
+            self._decrypt_to_backend()
+        elif state == HANDSHAKE:
+            self._handshake()
+        # CONNECTING: bytes wait in the incoming BIO (reading is paused) until the backend is up.
+
+    def eof_received(self) -> bool:
+        if self.state == HANDSHAKE:
+            self._handshake_failed("client_eof")
+            return False
+        self._client_finished()
+        return not (self._client_done and self.backend_done)
+
+    def pause_writing(self) -> None:
+        if self.backend is not None:
+            self.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.backend is not None and self.state == OPEN:
+            self.backend.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == HANDSHAKE:
+            self._count_handshake_error("client_eof")
+            self._reason = "handshake_error:client_eof"
+        elif exc is not None and self._reason == "done":
+            self._reason = "client_reset"
+        self._finish(abort_backend=exc is not None or not self._client_done)
+
+    # ---- handshake -------------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # the alert OpenSSL produced goes out before the close
+            self._handshake_failed(classify_handshake_error(exc))
+            return
+        self._flush()
+        relay = self.relay
+        stats = relay.stats
+        ssl_object = self._ssl
+        self.version = ssl_object.version() or "-"
+        cipher = ssl_object.cipher()
+        self.cipher = cipher[0] if cipher else "-"
+        stats.handshakes[(self.version, self.cipher)] += 1
+        stats.handshake_duration.observe(relay.time() - self._started)
+        self.state = CONNECTING
+        assert self._transport is not None
+        self._transport.pause_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = relay.loop.call_later(relay.timeouts.connect, self._connect_timeout)
+        self._connect_task = relay.loop.create_task(self._connect())
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.state == HANDSHAKE:
+            self._handshake_failed("timeout")
+
+    def _count_handshake_error(self, reason: str) -> None:
+        self.relay.stats.handshake_errors[reason] += 1
+
+    def _handshake_failed(self, reason: str) -> None:
+        self._count_handshake_error(reason)
+        self._reason = f"handshake_error:{reason}"
+        self.state = CLOSED
+        if self._transport is not None:
+            self._transport.close()
+
+    # ---- backend ---------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        relay = self.relay
+        started = relay.time()
+        target = relay.backend
+        try:
+            if isinstance(target, TcpAddress):
+                await relay.loop.create_connection(
+                    lambda: BackendProtocol(self), target.host, target.port
+                )
+            else:
+                await relay.loop.create_unix_connection(
+                    lambda: BackendProtocol(self), str(target.path)
+                )
+        except (OSError, asyncio.CancelledError) as exc:
+            self._connect_failed(classify_connect_error(exc), exc)
+            return
+        relay.stats.backend_connect_duration.observe(relay.time() - started)
+
+    def _connect_timeout(self) -> None:
+        self._timer = None
+        if self.state == CONNECTING and self._connect_task is not None:
+            self._connect_task.cancel()
+
+    def _connect_failed(self, reason: str, exc: BaseException) -> None:
+        self._connect_task = None
+        if self.state != CONNECTING:
+            return
+        self.relay.stats.backend_connect_errors[reason] += 1
+        log.warning(
+            "backend %s unavailable (%s): %s", self.relay.backend, reason, exc or "timed out"
+        )
+        self._reason = f"backend_connect:{reason}"
+        self.state = CLOSED
+        # Nothing reached the client yet: close at once, no close_notify (it would read as a
+        # clean, empty answer).
+        if self._transport is not None:
+            self._transport.close()
+
+    def backend_made(self, transport: asyncio.Transport) -> None:
+        self._connect_task = None
+        if self.state != CONNECTING:  # the client went away while we dialled
+            transport.abort()
+            return
+        self.backend = transport
+        self.state = OPEN
+        relay = self.relay
+        if self._timer is not None:
+            self._timer.cancel()
+        self._last = relay.time()
+        self._timer = relay.loop.call_later(relay.timeouts.idle, self._idle_check)
+        if self._in.pending:
+            self._decrypt_to_backend()
+        if self.state != OPEN:
+            return
+        if self._client_done:
+            self._half_close_backend()
+        else:
+            self._update_client_reading()
+
+    def from_backend(self, nbytes: int) -> None:
+        self._last = self.relay.time()
+        self.to_client += nbytes
+        view = self.relay.buffer
+        write = self._ssl.write
+        out = self._out
+        transport = self._transport
+        assert transport is not None
+        try:
+            if nbytes <= TLS_SLICE:
+                write(view[:nbytes])
+                transport.write(out.read())
+                return
+            chunks = []
+            offset = 0
+            while offset < nbytes:
+                # SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call, so honour the count.
+                offset += write(view[offset : min(offset + TLS_SLICE, nbytes)])
+                chunks.append(out.read())
+            transport.writelines(chunks)
+        except ssl.SSLError as exc:
+            log.debug("TLS write failed: %s", exc)
+            self.abort("tls_write_error")
+
+    def backend_eof(self) -> bool:
+        """The backend finished its answer: end the client stream with close_notify."""
+        self.backend_done = True
+        self._send_close_notify()
+        if self._client_done:
+            self._close_both()
+            return False
+        return True  # the client may still be sending: keep the backend's write side open
+
+    def backend_full(self, full: bool) -> None:
+        self._backend_full = full
+        self._update_client_reading()
+
+    def backend_lost(self, exc: Exception | None) -> None:
+        self.backend = None
+        if self.state == CLOSED:
+            return
+        if exc is not None:
+            # Reset mid-stream: no close_notify, so the client can tell the answer is truncated.
+            self._reason = "backend_reset"
+            self.state = CLOSED
+            if self._transport is not None:
+                self._transport.close()
+        elif not self.backend_done:
+            self.backend_done = True
+            self._send_close_notify()
+            self._close_both()
+
+    # ---- relay -----------------------------------------------------------------------------
+
+    def _decrypt_to_backend(self) -> None:
+        ssl_object = self._ssl
+        incoming = self._in
+        read = ssl_object.read
+        chunks: list[bytes] = []
+        finished = False
+        try:
+            while True:
+                chunks.append(read(SSL_READ_SIZE))
+                if not incoming.pending and not ssl_object.pending():
+                    break
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            finished = True
+        except ssl.SSLError as exc:
+            # A record failed (bad MAC, decode error, renegotiation...): its bytes were never
+            # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
+            self._flush()
+            log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
+            self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
+            self._teardown(abort_backend=True)
+            return
+        backend = self.backend
+        if chunks and backend is not None:
+            if len(chunks) == 1:
+                self.to_backend += len(chunks[0])
+                backend.write(chunks[0])
+            else:
+                self.to_backend += sum(map(len, chunks))
+                backend.writelines(chunks)
+        if self._out.pending:
+            self._flush()
+        if finished:
+            self._client_finished()
+
+    def _flush(self) -> None:
+        if self._out.pending and self._transport is not None:
+            self._transport.write(self._out.read())
+
+    def _update_client_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self.state != OPEN or self._client_done:
+            return
+        if self._backend_full:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _client_finished(self) -> None:
+        """The client will send no more (close_notify or TCP FIN): pass the EOF on."""
+        if self._client_done:
+            return
+        self._client_done = True
+        if self.state == OPEN:
+            if self.backend_done:
+                self._close_both()
+            else:
+                self._half_close_backend()
+
+    def _half_close_backend(self) -> None:
+        backend = self.backend
+        if backend is not None and backend.can_write_eof():
+            backend.write_eof()
+        elif backend is not None:
+            backend.close()
+
+    def _send_close_notify(self) -> None:
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify written; the peer's answer is not needed to send ours
+        except (ssl.SSLError, ValueError) as exc:
+            log.debug("close_notify not sent: %s", exc)
+        self._flush()
+        if self._transport is not None and not self._client_done:
+            # TCP FIN after close_notify; keep reading until the client closes its side.
+            self._transport.write_eof()
+
+    # ---- timers and closing ----------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        relay = self.relay
+        idle_for = relay.time() - self._last
+        limit = relay.timeouts.idle
+        if idle_for >= limit:
+            self._timer = None
+            self._reason = "idle_timeout"
+            if not self.backend_done:
+                self._send_close_notify()
+            self._close_both()
+        else:
+            self._timer = relay.loop.call_later(limit - idle_for, self._idle_check)
+
+    def _close_both(self) -> None:
+        self.state = CLOSED
+        if self.backend is not None:
+            self.backend.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _teardown(self, *, abort_backend: bool) -> None:
+        self.state = CLOSED
+        if self.backend is not None:
+            if abort_backend:
+                self.backend.abort()
+            else:
+                self.backend.close()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (drain deadline, fatal error): both sides reset."""
+        self._reason = reason
+        self.state = CLOSED
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+        if self.backend is not None:
+            self.backend.abort()
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _peer_text(self) -> str:
+        peer = self._peer
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return "-"
+
+    def _finish(self, *, abort_backend: bool) -> None:
+        """Runs once, when the client transport is gone: release everything, account, log."""
+        relay = self.relay
+        if self not in relay.active:
+            return
+        self.state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self.backend is not None:
+            if abort_backend:
+                self.backend.abort()
+            else:
+                self.backend.close()
+        stats = relay.stats
+        stats.bytes_to_backend += self.to_backend
+        stats.bytes_to_client += self.to_client
+        relay.forget(self)
+        if relay.log_connections and log.isEnabledFor(logging.INFO):
+            log.info(
+                "connection closed",
+                extra={
+                    "event": {
+                        "client": self._peer_text(),
+                        "sni": _printable_sni(getattr(self._ssl, "sni", None)),
+                        "version": self.version,
+                        "cipher": self.cipher,
+                        "bytes_to_backend": self.to_backend,
+                        "bytes_to_client": self.to_client,
+                        "duration": round(relay.time() - self._started, 6),
+                        "reason": self._reason,
+                    }
+                },
+            )

@@ -1,0 +1,165 @@
+"""One worker process: the TLS listener, its lifecycle, and the ordered graceful shutdown.
+
+Shutdown order (SIGTERM/SIGINT, or the injected `shutdown` event): stop accepting (the listening
+socket closes, so new clients are refused and readiness turns false), let open connections finish
+for up to `timeouts.drain` seconds, reset whatever is left, stop the watchers, exit 0. A second
+signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from fopproxy.config import Config
+from fopproxy.reload import CertificateStore, watch
+from fopproxy.relay import Relay
+from fopproxy.stats import Stats
+
+log = logging.getLogger("fopproxy.server")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+
+
+def bind_listener(config: Config, *, reuse_port: bool) -> socket.socket:
+    """Bind the TLS port ourselves so SO_REUSEPORT and IPv6-only are explicit, not defaults."""
+    address = config.listen
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and address.host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves v4 too
+        sock.bind(sockaddr)
+        sock.listen(config.backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Worker:
+    """Serves one listener until shut down; the unit that `workers: N` runs N of."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: CertificateStore,
+        stats: Stats,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.stats = stats
+        self.reuse_port = reuse_port
+        self._sock = sock
+        self.relay: Relay | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.draining = False
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self.on_ready: list[Callable[[Worker], None]] = []
+
+    @property
+    def ready(self) -> bool:
+        """Bound, serving valid certificates, not draining (what /readyz reports)."""
+        return self.server is not None and self.server.is_serving() and not self.draining
+
+    def request_shutdown(self) -> None:
+        """First call: drain. Second call: stop waiting for connections."""
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    def install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: closing %d connections now", sig.name, len(self.relay.active) if self.relay else 0)
+        else:
+            log.info("%s: draining (up to %.0fs)", sig.name, self.config.timeouts.drain)
+        self.request_shutdown()
+
+    def _on_hup(self) -> None:
+        log.info("SIGHUP: reloading certificates")
+        self.store.reload(force=True)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        self.relay = Relay(
+            loop,
+            self.store.get,
+            config.backend,
+            config.timeouts,
+            config.max_connections,
+            self.stats,
+            config.logging.connections,
+        )
+        sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
+        self.server = await loop.create_server(
+            self.relay.protocol_factory, sock=sock, backlog=config.backlog
+        )
+        for callback in self.on_ready:
+            callback(self)
+
+    async def serve(self) -> int:
+        """Run until shutdown is requested, then drain; returns the exit code."""
+        if self.server is None:
+            await self.start()
+        assert self.server is not None and self.relay is not None
+        watcher = asyncio.create_task(
+            watch(self.store, self.config.tls.reload_interval, self._stop), name="cert-watch"
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            code = await self._drain()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        return code
+
+    async def _drain(self) -> int:
+        assert self.server is not None and self.relay is not None
+        relay = self.relay
+        self.draining = True
+        relay.accepting = False
+        self.server.close()
+        open_count = len(relay.active)
+        if open_count:
+            log.info("draining %d open connections", open_count)
+        idle = asyncio.ensure_future(relay.wait_idle())
+        force = asyncio.ensure_future(self._force.wait())
+        done, _ = await asyncio.wait(
+            {idle, force},
+            timeout=self.config.timeouts.drain,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        idle.cancel()
+        force.cancel()
+        code = EXIT_OK
+        if relay.active:
+            log.warning("drain ended with %d connections open: closing them", len(relay.active))
+            relay.abort_all("drain_timeout")
+            code = EXIT_FORCED if force in done else EXIT_OK
+        await self.server.wait_closed()
+        return code

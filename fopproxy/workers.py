@@ -1,0 +1,180 @@
+"""`workers: N`: a small supervisor that forks N workers and keeps N running.
+
+Each worker binds the TLS port with SO_REUSEPORT, so the kernel balances new connections and a
+dying worker only loses its own connections. The supervisor holds no listening socket (one that
+never accepts would black-hole the connections the kernel hashes to it). It forwards SIGTERM,
+SIGINT and SIGHUP, replaces a worker that exits unexpectedly, and gives up (exit 1) when workers
+crash in a tight loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fopproxy.config import Config
+
+log = logging.getLogger("fopproxy.supervisor")
+
+RESTART_WINDOW = 60.0
+MAX_RESTARTS_IN_WINDOW = 20
+START_TIMEOUT = 30.0
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass
+class _Child:
+    index: int
+    pid: int
+    ready_fd: int
+    ready: bool = False
+
+
+@dataclass
+class Supervisor:
+    config: Config
+    # What a forked child runs; returns its exit code. Injectable for tests and for metrics.
+    child_main: Callable[[Config, int, Callable[[], None]], int] | None = None
+    children: dict[int, _Child] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)
+    on_child_exit: list[Callable[[int, int], None]] = field(default_factory=list)
+
+    def _spawn(self, index: int) -> _Child:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(read_fd)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            for sig in FORWARDED:
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = self._run_child(index, write_fd)
+            except BaseException:  # the child must never fall back into the supervisor's code
+                logging.getLogger("fopproxy").exception("worker %d crashed", index)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        child = _Child(index, pid, read_fd)
+        self.children[pid] = child
+        return child
+
+    def _run_child(self, index: int, ready_fd: int) -> int:
+        def ready() -> None:
+            os.write(ready_fd, b"r")
+            os.close(ready_fd)
+
+        if self.child_main is not None:
+            return self.child_main(self.config, index, ready)
+        from fopproxy.app import run_worker
+
+        return run_worker(self.config, reuse_port=True, ready=ready)
+
+    def _poll_ready(self) -> None:
+        for child in self.children.values():
+            if child.ready:
+                continue
+            try:
+                data = os.read(child.ready_fd, 1)
+            except BlockingIOError:
+                continue
+            if data:
+                child.ready = True
+                os.close(child.ready_fd)
+
+    def _reap(self) -> list[tuple[_Child, int]]:
+        exited = []
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            if not child.ready:
+                os.close(child.ready_fd)
+            code = os.waitstatus_to_exitcode(status)
+            for callback in self.on_child_exit:
+                callback(child.index, pid)
+            exited.append((child, code))
+        return exited
+
+    def _forward(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        watched = {*FORWARDED, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        try:
+            return self._loop(watched)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+
+    def _loop(self, watched: set[signal.Signals]) -> int:
+        count = self.config.workers
+        for index in range(count):
+            self._spawn(index)
+        started = time.monotonic()
+        starting = True
+        stopping = False
+        worst = 0
+        log.info("supervisor pid %d started %d workers", os.getpid(), count)
+        while self.children:
+            info = signal.sigtimedwait(watched, 0.2)
+            if starting:
+                self._poll_ready()
+                if all(c.ready for c in self.children.values()):
+                    starting = False
+                elif time.monotonic() - started > START_TIMEOUT:
+                    log.error("workers did not start within %.0fs", START_TIMEOUT)
+                    stopping = True
+                    worst = 1
+                    self._forward(signal.SIGTERM)
+            if info is not None and info.si_signo in FORWARDED:
+                if info.si_signo != signal.SIGHUP:
+                    if stopping:
+                        log.warning("second signal: workers stop now")
+                    stopping = True
+                self._forward(info.si_signo)
+            for child, code in self._reap():
+                if stopping:
+                    worst = max(worst, code if code >= 0 else 1)
+                    continue
+                if not child.ready:
+                    # A worker that cannot start (port taken, ...) will not start on retry.
+                    log.error("worker %d failed to start (exit %d); stopping", child.index, code)
+                    stopping = True
+                    worst = max(worst, code or 1)
+                    self._forward(signal.SIGTERM)
+                    continue
+                if not self._may_restart():
+                    log.error("workers keep crashing; giving up")
+                    stopping = True
+                    worst = 1
+                    self._forward(signal.SIGTERM)
+                    continue
+                log.warning("worker %d (pid %d) exited with %d; starting a new one",
+                            child.index, child.pid, code)
+                self._spawn(child.index)
+                starting = True
+                started = time.monotonic()
+        return worst if stopping else 1
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
+        self.restarts.append(now)
+        return len(self.restarts) <= MAX_RESTARTS_IN_WINDOW
