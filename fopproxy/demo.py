@@ -73,27 +73,31 @@ metrics:
     return config
 
 
-async def _demo(port: int, metrics_port: int) -> int:
+async def _demo(port: int, metrics_port: int, folder: Path) -> int:
     loop = asyncio.get_running_loop()
     backend = await loop.create_server(DemoBackend, "127.0.0.1", 0)
     backend_port = backend.sockets[0].getsockname()[1]
-    with tempfile.TemporaryDirectory(prefix="fopproxy-demo-") as tmp:
-        folder = Path(tmp)
-        config: Config = load_config(write_demo_files(folder, port, backend_port, metrics_port))
-        print(
-            f"fopproxy demo: TLS on https://{DEMO_NAME}:{port}/ -> demo backend "
-            f"127.0.0.1:{backend_port}\n"
-            f"  try:     curl --cacert {folder / 'ca.pem'} https://{DEMO_NAME}:{port}/\n"
-            f"  metrics: curl http://127.0.0.1:{metrics_port}/metrics\n"
-            "  stop:    Ctrl-C",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            return await serve_worker(config, hooks=worker_hooks(config))
-        finally:
-            backend.close()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config: Config = load_config(write_demo_files(folder, port, backend_port, metrics_port))
+    print(
+        f"fopproxy demo: TLS on https://{DEMO_NAME}:{port}/ -> demo backend "
+        f"127.0.0.1:{backend_port}\n"
+        f"  try:     curl --cacert {folder / 'ca.pem'} https://{DEMO_NAME}:{port}/\n"
+        f"  metrics: curl http://127.0.0.1:{metrics_port}/metrics\n"
+        "  stop:    Ctrl-C",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return await serve_worker(config, hooks=worker_hooks(config))
+    finally:
+        backend.close()
 
 
-def run_demo(port: int, metrics_port: int) -> int:
-    return uvloop.run(_demo(port, metrics_port))  # type: ignore[no-any-return]
+def default_folder() -> Path:
+    """A fixed folder, so the README's curl line (--cacert /tmp/fopproxy-demo/ca.pem) works."""
+    return Path(tempfile.gettempdir()) / "fopproxy-demo"
+
+
+def run_demo(port: int, metrics_port: int, folder: Path | None = None) -> int:
+    return uvloop.run(_demo(port, metrics_port, folder or default_folder()))  # type: ignore[no-any-return]

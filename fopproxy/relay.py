@@ -237,12 +237,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         return self.relay.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self.relay.buffer
         write = self._in.write
         if nbytes <= TLS_SLICE:
-            write(view[:nbytes])
+            write(self.relay.buffer[:nbytes])
             self._advance()
             return
+        view = self.relay.buffer[:nbytes]
         for offset in range(0, nbytes, TLS_SLICE):
             if self.state == CLOSED:
                 return
@@ -389,7 +389,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def from_backend(self, nbytes: int) -> None:
         self._last = self.relay.time()
         self.to_client += nbytes
-        view = self.relay.buffer
+        view = self.relay.buffer[:nbytes]
         write = self._ssl.write
         out = self._out
         transport = self._transport
@@ -403,7 +403,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             offset = 0
             while offset < nbytes:
                 # SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call, so honour the count.
-                offset += write(view[offset : min(offset + TLS_SLICE, nbytes)])
+                offset += write(view[offset : offset + TLS_SLICE])
                 chunks.append(out.read())
             transport.writelines(chunks)
         except ssl.SSLError as exc:
@@ -448,7 +448,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         finished = False
         try:
             while True:
-                chunks.append(read(SSL_READ_SIZE))
+                data = read(SSL_READ_SIZE)
+                if not data:
+                    # CPython returns b"" (not SSLZeroReturnError) for a clean close_notify.
+                    finished = True
+                    break
+                chunks.append(data)
                 if not incoming.pending and not ssl_object.pending():
                     break
         except ssl.SSLWantReadError:

@@ -1,0 +1,147 @@
+"""Start the real `fopproxy` process (from this checkout) on loopback and stop it by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def fopproxy_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fopproxy", *args]
+
+
+def fopproxy_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a short fopproxy command (check, scan, cert, a bad config) to completion."""
+    return subprocess.run(
+        fopproxy_command(*args), capture_output=True, text=True, timeout=timeout, env=fopproxy_env(), **kwargs
+    )
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"fopproxy exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class ProxyProcess:
+    """A running fopproxy with the given config dict, written to `folder/proxy.yaml`."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.config = config
+        self.config_path = folder / "proxy.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        host, _, port = str(config["listen"]).rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.log_path = folder / "fopproxy.log"
+        self._log = self.log_path.open("w")
+        self.proc: subprocess.Popen[str] = subprocess.Popen(
+            fopproxy_command("-c", str(self.config_path)),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=fopproxy_env(**(env or {})),
+        )
+        if wait:
+            # Wait for every worker's "listening on" line rather than probing the port: a probe
+            # would show up in the handshake-error counters the metrics tests assert on.
+            workers = config.get("workers", 1)
+            count = workers if isinstance(workers, int) else os.cpu_count() or 1
+            try:
+                self.wait_for_log("listening on", count=count)
+            except Exception:
+                self.stop()
+                raise
+
+    def wait_for_log(self, text: str, *, count: int = 1, timeout: float = 15.0) -> str:
+        """Wait until `text` appears `count` times in the log; return the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            log = self.log()
+            if log.count(text) >= count:
+                return log
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fopproxy exited with {self.proc.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} x{count} not in the log after {timeout}s:\n{log}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "ProxyProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def client_context(cafile: Path | None = None, *, verify: bool = True, **settings: Any) -> ssl.SSLContext:
+    """A client context; `ciphers`, `minimum_version`, `maximum_version` may be given."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify and cafile is not None:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ciphers = settings.pop("ciphers", None)
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    for key, value in settings.items():
+        setattr(ctx, key, value)
+    return ctx
+
+
+def tls_connect(host: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float = 10.0) -> ssl.SSLSocket:
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_name)
+    except BaseException:
+        raw.close()
+        raise
