@@ -1,3 +1,3 @@
-"""fopproxy: a TLS-terminating sidecar that is compliant with the Card FOP transport rules by construction."""
+"""fopproxy: a TLS-terminating sidecar, compliant with the Card FOP rules by construction."""
 
 __version__ = "0.1.0"

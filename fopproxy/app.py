@@ -76,7 +76,7 @@ def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
 def run_worker(
     config: Config, *, reuse_port: bool = False, ready: Callable[[], None] | None = None
 ) -> int:
-    return uvloop.run(  # type: ignore[no-any-return]
+    return uvloop.run(
         serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=worker_hooks(config))
     )
 

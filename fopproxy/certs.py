@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -130,11 +131,13 @@ def parse_private_key(data: bytes, password: bytes | None) -> object:
         raise CertificateError(f"private key cannot be read ({exc})") from None
 
 
-def public_key_der(key: object) -> bytes:
+def public_key_der(key: Any) -> bytes:
+    """SubjectPublicKeyInfo DER of a private or public key (any type cryptography loads)."""
     public = key.public_key() if hasattr(key, "public_key") else key
-    return public.public_bytes(  # type: ignore[attr-defined,no-any-return]
+    der: bytes = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return der
 
 
 def fingerprint_sha256(cert: x509.Certificate) -> str:

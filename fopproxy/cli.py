@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from fopproxy import __version__
-from fopproxy.errors import FopproxyError
+from fopproxy.errors import ConfigError, FopproxyError
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -70,33 +70,38 @@ def _run(config_path: str) -> int:
     config = load_config(config_path)
     configure_logging(config.logging)
     try:
-        return run(config)
+        code = run(config)
     except OSError as exc:
         _error(f"cannot listen on {config.listen}: {exc.strerror or exc}")
         return EXIT_RUNTIME
+    return code
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.command == "demo":
+        from fopproxy.config import LoggingConfig
+        from fopproxy.demo import run_demo
+        from fopproxy.logs import configure_logging
+
+        configure_logging(LoggingConfig())
+        return run_demo(args.port, args.metrics_port)
+    if args.command == "run" or (args.command is None and args.config):
+        return _run(args.config)
+    parser.print_help(sys.stderr)
+    return EXIT_CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from fopproxy.demo import run_demo
-            from fopproxy.logs import configure_logging
-            from fopproxy.config import LoggingConfig
-
-            configure_logging(LoggingConfig())
-            return run_demo(args.port, args.metrics_port)
-        if args.command == "run" or (args.command is None and args.config):
-            return _run(args.config)
-        parser.print_help(sys.stderr)
+        return _dispatch(args, parser)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _error(f"config error: {problem}")
         return EXIT_CONFIG
     except FopproxyError as exc:
-        from fopproxy.errors import ConfigError
-
-        problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
-        for problem in problems:
-            _error(f"config error: {problem}" if isinstance(exc, ConfigError) else str(problem))
+        _error(str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK

@@ -166,7 +166,9 @@ def _positive_int(limit: int) -> Callable[[object], int]:
 
 def _workers(value: object) -> int:
     if value == "auto":
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if hasattr(os, "sched_getaffinity"):
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"expected a number of processes or 'auto', got {_kind(value)}")
     if not 1 <= value <= 256:
@@ -293,7 +295,11 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
 
     if p.lines:
         raise ConfigError(p.lines)
-    assert listen and backend and server_name and tls  # guaranteed by p.lines being empty
+    # Every getter that returned None added a problem, so none of these is None here.
+    assert listen is not None
+    assert backend is not None
+    assert server_name is not None
+    assert tls is not None
     return Config(
         listen=listen,
         backend=backend,

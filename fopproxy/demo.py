@@ -52,6 +52,7 @@ class DemoBackend(asyncio.Protocol):
 
 
 def write_demo_files(folder: Path, port: int, backend_port: int, metrics_port: int) -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     ecdsa = self_signed([DEMO_NAME, "127.0.0.1"], "ecdsa")
     rsa = self_signed([DEMO_NAME, "127.0.0.1"], "rsa")
     write_pair(ecdsa, folder / "ecdsa.pem", folder / "ecdsa.key")
@@ -77,7 +78,6 @@ async def _demo(port: int, metrics_port: int, folder: Path) -> int:
     loop = asyncio.get_running_loop()
     backend = await loop.create_server(DemoBackend, "127.0.0.1", 0)
     backend_port = backend.sockets[0].getsockname()[1]
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     config: Config = load_config(write_demo_files(folder, port, backend_port, metrics_port))
     print(
         f"fopproxy demo: TLS on https://{DEMO_NAME}:{port}/ -> demo backend "
@@ -100,4 +100,4 @@ def default_folder() -> Path:
 
 
 def run_demo(port: int, metrics_port: int, folder: Path | None = None) -> int:
-    return uvloop.run(_demo(port, metrics_port, folder or default_folder()))  # type: ignore[no-any-return]
+    return uvloop.run(_demo(port, metrics_port, folder or default_folder()))

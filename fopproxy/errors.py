@@ -1,4 +1,4 @@
-"""Exceptions that carry a user-facing message; the CLI turns them into one line and an exit code."""
+"""Exceptions that carry a user-facing message; the CLI turns each into a line and an exit code."""
 
 from __future__ import annotations
 

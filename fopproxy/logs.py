@@ -21,7 +21,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        line = (
+            f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
+            f"{record.getMessage()}"
+        )
         event: dict[str, Any] | None = getattr(record, "event", None)
         if event:
             line += " " + " ".join(f"{key}={value}" for key, value in event.items())

@@ -20,7 +20,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.stats import Stats
@@ -213,7 +213,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast("asyncio.Transport", transport)
         stats = relay.stats
         if not relay.accepting or len(relay.active) >= relay.max_connections:
             # Shed before any TLS work: the cheapest refusal is an immediate reset.

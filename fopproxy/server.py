@@ -15,8 +15,8 @@ import socket
 from collections.abc import Callable
 
 from fopproxy.config import Config
-from fopproxy.reload import CertificateStore, watch
 from fopproxy.relay import Relay
+from fopproxy.reload import CertificateStore, watch
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.server")
@@ -94,7 +94,8 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
-            log.warning("%s again: closing %d connections now", sig.name, len(self.relay.active) if self.relay else 0)
+            open_now = len(self.relay.active) if self.relay else 0
+            log.warning("%s again: closing %d connections now", sig.name, open_now)
         else:
             log.info("%s: draining (up to %.0fs)", sig.name, self.config.timeouts.drain)
         self.request_shutdown()
@@ -126,7 +127,8 @@ class Worker:
         """Run until shutdown is requested, then drain; returns the exit code."""
         if self.server is None:
             await self.start()
-        assert self.server is not None and self.relay is not None
+        assert self.server is not None
+        assert self.relay is not None
         watcher = asyncio.create_task(
             watch(self.store, self.config.tls.reload_interval, self._stop), name="cert-watch"
         )
@@ -139,7 +141,8 @@ class Worker:
         return code
 
     async def _drain(self) -> int:
-        assert self.server is not None and self.relay is not None
+        assert self.server is not None
+        assert self.relay is not None
         relay = self.relay
         self.draining = True
         relay.accepting = False

@@ -121,7 +121,7 @@ def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
 
 def build_context(
     selection: SuiteSelection,
-    chains: Sequence[tuple[str, str, str | None]],
+    chains: Sequence[tuple[str, str, bytes | None]],
     sni_callback: SniCallback | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.

@@ -9,6 +9,7 @@ crash in a tight loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -110,10 +111,8 @@ class Supervisor:
 
     def _forward(self, sig: int) -> None:
         for pid in list(self.children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def run(self) -> int:
         watched = {*FORWARDED, signal.SIGCHLD}

@@ -193,7 +193,7 @@ def _drive(raw: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outg
                 return
             data = raw.recv(65536)
             if not data:
-                raise ConnectionError("closed during handshake")
+                raise ConnectionError("closed during handshake") from None
             incoming.write(data)
     raise AssertionError("handshake did not finish")
 
@@ -277,7 +277,7 @@ def test_ipv6_listener(tmp_path: Path, proxy_config: ConfigFactory, tls_files: T
         port = free_port("::1")
     except OSError:
         pytest.skip("::1 is not configured on this machine")
-    with ProxyProcess(tmp_path, proxy_config(echo_backend.address, listen=f"[::1]:{port}")) as proxy:
+    with ProxyProcess(tmp_path, proxy_config(echo_backend.address, listen=f"[::1]:{port}")):
         with tls_connect("::1", port, client_context(tls_files.cafile), SERVER_NAME) as sock:
             assert _echo_roundtrip(sock, b"v6") == b"v6"
 

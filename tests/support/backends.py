@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable
@@ -56,13 +57,11 @@ class ThreadedBackend:
 
     def close(self) -> None:
         self._stop = True
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.sock.close()
 
-    def __enter__(self) -> "ThreadedBackend":
+    def __enter__(self) -> ThreadedBackend:
         return self
 
     def __exit__(self, *exc: object) -> None:

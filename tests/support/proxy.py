@@ -115,7 +115,7 @@ class ProxyProcess:
         self._log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
