@@ -219,7 +219,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             # Shed before any TLS work: the cheapest refusal is an immediate reset.
             stats.connections_rejected["draining" if not relay.accepting else "limit"] += 1
             self.state = CLOSED
-            transport.abort()
+            self._transport.abort()
             return
         relay.active.add(self)
         stats.connections_accepted += 1
@@ -229,7 +229,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         ctx = relay.certificates().context
-        self._ssl: ServerSSLObject = ctx.wrap_bio(self._in, self._out, server_side=True)  # type: ignore[assignment]
+        self._ssl = cast(ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True))
         self._started = relay.time()
         self._timer = relay.loop.call_later(relay.timeouts.handshake, self._handshake_timeout)
 
