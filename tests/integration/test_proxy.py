@@ -304,3 +304,43 @@ def test_unix_socket_backend(tmp_path: Path, proxy_config: ConfigFactory, tls_fi
 
 def test_openssl_is_on_path() -> None:
     assert shutil.which("openssl"), "openssl is needed for the s_client tests"
+
+
+def test_json_connection_log(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend) -> None:
+    """logging.format json: one parseable object per line with the connection's fields."""
+    import json
+
+    config = proxy_config(echo_backend.address, logging={"level": "info", "format": "json"})
+    with ProxyProcess(tmp_path, config) as proxy:
+        with tls_connect(proxy.host, proxy.port, client_context(tls_files.cafile), SERVER_NAME) as sock:
+            assert _echo_roundtrip(sock, b"json please") == b"json please"
+        proxy.wait_for_log('"reason":"done"')
+        events = [json.loads(line) for line in proxy.log().splitlines() if line.startswith("{")]
+    closed = [e for e in events if e.get("msg") == "connection closed"]
+    assert closed
+    event = closed[-1]
+    assert event["sni"] == SERVER_NAME
+    assert event["version"] == "TLSv1.2"
+    assert event["bytes_to_backend"] == len(b"json please")
+    assert event["bytes_to_client"] == len(b"json please")
+    assert event["client"].startswith("127.0.0.1:")
+
+
+def test_second_sigterm_exits_at_once(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend) -> None:
+    """With a long drain and an open connection, a second signal ends the wait immediately."""
+    import signal
+
+    config = proxy_config(echo_backend.address, timeouts={"handshake": 5, "connect": 2, "idle": 60, "drain": 60})
+    proxy = ProxyProcess(tmp_path, config)
+    sock = tls_connect(proxy.host, proxy.port, client_context(tls_files.cafile), SERVER_NAME)
+    try:
+        assert _echo_roundtrip(sock, b"x") == b"x"
+        proxy.signal(signal.SIGTERM)
+        proxy.wait_for_log("draining 1 open connections")
+        started = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        assert proxy.proc.wait(10) == 1
+        assert time.monotonic() - started < 5
+    finally:
+        sock.close()
+        proxy.stop()
