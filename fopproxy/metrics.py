@@ -726,6 +726,10 @@ class MetricsHTTPServer(HTTPServer):
             raise _bind_error(address, exc) from exc
         self.thread: threading.Thread | None = None
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A scraper that hangs up mid-answer is not worth a traceback on stderr.
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
     def start(self) -> None:
         # Signals are for the supervisor's sigtimedwait: this thread must never take them (a
         # SIGTERM delivered here would kill the process with the default action).
