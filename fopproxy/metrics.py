@@ -73,6 +73,7 @@ REQUEST_TIMEOUT = 10.0
 # The supervisor's per-worker snapshot query; a worker busy longer than this keeps its last one.
 WORKER_QUERY_TIMEOUT = 2.0
 MAX_SNAPSHOT = 4 * 1024 * 1024
+MAX_UNIX_PATH = 100  # sun_path holds 108 bytes on Linux, 104 on BSDs
 
 
 # ---- snapshots -----------------------------------------------------------------------------
@@ -532,8 +533,9 @@ class MetricsHTTPProtocol(asyncio.Protocol):
 
 
 def _bind_error(address: TcpAddress, exc: OSError) -> OSError:
-    log.error("cannot listen on metrics.listen %s: %s", address, exc.strerror or exc)
-    return OSError(exc.errno, f"{exc.strerror or exc} (metrics.listen {address})")
+    """The CLI names `filename` as what could not be bound (else the TLS address)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
+    return OSError(exc.errno, reason, f"metrics.listen {address}")
 
 
 @contextlib.asynccontextmanager
@@ -751,6 +753,15 @@ class MetricsHTTPServer(HTTPServer):
         self.server_close()
 
 
+def snapshot_folder() -> Path:
+    """A private (0700) folder for the workers' sockets, short enough for AF_UNIX paths."""
+    folder = Path(tempfile.mkdtemp(prefix="fopproxy-"))
+    if len(str(snapshot_path(folder, 2**22))) > MAX_UNIX_PATH:  # a long TMPDIR
+        folder.rmdir()
+        folder = Path(tempfile.mkdtemp(prefix="fopproxy-", dir="/tmp"))  # mkdtemp: mode 0700
+    return folder
+
+
 def run_supervised(config: Config) -> int:
     """`workers: N` with metrics: the supervisor serves the sum of its workers' snapshots."""
     from fopproxy.app import run_worker
@@ -758,9 +769,13 @@ def run_supervised(config: Config) -> int:
 
     address = config.metrics.listen
     assert address is not None
-    folder = Path(tempfile.mkdtemp(prefix="fopproxy-"))  # mode 0700: only we can query workers
+    folder = snapshot_folder()
     aggregator = WorkerAggregator(folder, config.workers)
-    http = MetricsHTTPServer(address, make_registry(aggregator.snapshot), aggregator.ready)
+    try:
+        http = MetricsHTTPServer(address, make_registry(aggregator.snapshot), aggregator.ready)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
     def child_main(config: Config, index: int, ready: Callable[[], None]) -> int:
         del index

@@ -284,17 +284,18 @@ def test_reload_shows_new_certificate_and_counts_success(tmp_path: Path, proxy_c
     assert value(after, "fopproxy_certificate_last_reload_success_timestamp_seconds") >= value(before, "fopproxy_certificate_last_reload_success_timestamp_seconds")
 
 
-def test_metrics_port_taken_is_a_clear_startup_error(tmp_path: Path, proxy_config: ConfigFactory, echo_backend: ThreadedBackend) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_metrics_port_taken_is_a_clear_startup_error(tmp_path: Path, proxy_config: ConfigFactory, echo_backend: ThreadedBackend, workers: int) -> None:
     """A metrics port already in use stops the start with exit 1 and names metrics.listen."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        config = proxy_config(echo_backend.address, metrics={"listen": f"127.0.0.1:{port}"})
+        config = proxy_config(echo_backend.address, workers=workers, metrics={"listen": f"127.0.0.1:{port}"})
         proxy = ProxyProcess(tmp_path, config, wait=False)
         try:
             assert proxy.proc.wait(30) == 1
-            assert f"metrics.listen 127.0.0.1:{port}" in proxy.log()
+            assert f"fopproxy: cannot listen on metrics.listen 127.0.0.1:{port}: Address already in use" in proxy.log()
         finally:
             proxy.stop()
 
