@@ -190,6 +190,10 @@ def _certificate(
 
 
 def _coverage_result(selection: SuiteSelection, key_types: list[str]) -> Result:
+    if not key_types:
+        return Result(
+            "certificates.key_types", "config", "SKIP", "no usable certificate: see the lines above"
+        )
     served = [s for s in selection.tls12 if suite_key_type(s) in key_types]
     idle = [s for s in selection.tls12 if suite_key_type(s) not in key_types]
     detail = f"suites served: {', '.join(served) or 'none'}"

@@ -27,13 +27,14 @@ from fopproxy.certs import (
     covers,
     describe_key,
     fingerprint_sha256,
+    signature_hash_name,
+    weak_signature_problem,
 )
 
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
 # Days of validity left below which a certificate is reported as a warning (rotate it soon).
 EXPIRY_WARNING_DAYS = 30
-WEAK_SIGNATURE_HASHES = frozenset({"md5", "sha1"})
 
 
 @dataclass(frozen=True)
@@ -122,27 +123,13 @@ def _key_result(subject: str, leaf: x509.Certificate) -> Result:
     return Result("cert.key", subject, "PASS", info.description, {"key": info.description})
 
 
-def _hash_name(cert: x509.Certificate) -> str:
-    try:
-        algorithm = cert.signature_hash_algorithm
-    except UnsupportedAlgorithm:
-        return "unknown"
-    return algorithm.name if algorithm is not None else "none (EdDSA)"
-
-
 def _signature_result(subject: str, chain: Sequence[x509.Certificate]) -> Result:
-    # A root's self-signature is never checked by clients, so only what a client verifies counts.
-    checked = [c for c in chain if not is_self_signed(c)] or list(chain[:1])
-    weak = [
-        f"#{i} {_subject(c)} is signed with {_hash_name(c).upper()}"
-        for i, c in enumerate(chain)
-        if c in checked and _hash_name(c) in WEAK_SIGNATURE_HASHES
-    ]
-    if weak:
-        return Result(
-            "cert.signature", subject, "FAIL", "; ".join(weak) + " (re-issue with SHA-256)"
-        )
-    used = sorted({_hash_name(c).upper() for c in checked})
+    problem = weak_signature_problem(chain)
+    if problem is not None:
+        return Result("cert.signature", subject, "FAIL", problem)
+    # A root's signature on itself is never checked by clients, so only the others count.
+    checked = [c for c in chain if c.issuer != c.subject] or list(chain[:1])
+    used = sorted({signature_hash_name(c).upper() for c in checked})
     return Result("cert.signature", subject, "PASS", f"signed with {', '.join(used)}")
 
 
@@ -319,6 +306,11 @@ def certificate_results(
         _validity_result(subject, leaf, moment),
         _names_result(subject, leaf, server_name),
     ]
+    if weak_signature_problem(chain) is not None:
+        # cryptography cannot verify SHA-1/MD5 signatures, so the chain cannot be walked.
+        results.append(Result("cert.chain", subject, "SKIP", "weak signature: see cert.signature"))
+        results.append(Result("cert.trust", subject, "SKIP", "weak signature: see cert.signature"))
+        return results
     problem = chain_order_problem(chain)
     if problem is not None:
         results.append(Result("cert.chain", subject, "FAIL", problem))
@@ -337,7 +329,7 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, object]:
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "key": describe_key(cert.public_key()).description,
-        "signature_hash": _hash_name(cert).upper(),
+        "signature_hash": signature_hash_name(cert).upper(),
         "self_signed": is_self_signed(cert),
         "serial": format(cert.serial_number, "x"),
         "fingerprint_sha256": fingerprint_sha256(cert),
