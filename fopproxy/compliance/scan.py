@@ -41,6 +41,9 @@ TLS13_SUITES = (
 )
 # Suites that need a pre-shared key or SRP verifier cannot complete without one: never offered.
 SKIPPED_KEY_EXCHANGES = frozenset({"kx-psk", "kx-dhe-psk", "kx-ecdhe-psk", "kx-rsa-psk", "kx-srp"})
+# Well-known weak suites a partner's old server may still take; where the local OpenSSL cannot
+# offer them (Debian builds without 3DES/RC4), the report says so rather than calling them refused.
+NOTABLE_LEGACY_SUITES = ("DES-CBC3-SHA", "ECDHE-RSA-DES-CBC3-SHA", "RC4-SHA", "RC4-MD5")
 # OpenSSL errors raised before anything is sent: the local side could not make the offer.
 LOCAL_REASONS = frozenset({"NO_PROTOCOLS_AVAILABLE", "NO_CIPHERS_AVAILABLE", "NO_CIPHER_MATCH"})
 X509_V_ERR_HOSTNAME_MISMATCH = 62
@@ -364,7 +367,8 @@ def _suite_results(accepted: list[str], candidates: list[dict[str, Any]]) -> lis
     outside = [s for s in accepted if s not in CARD_FOP_TLS12_SUITES]
     kea = {c["name"]: c["kea"] for c in candidates}
     non_ecdhe = [s for s in accepted if kea.get(s) != "kx-ecdhe"]
-    return [
+    missing = [s for s in NOTABLE_LEGACY_SUITES if s not in kea]
+    results = [
         Result(
             "suites.required",
             "TLS 1.2 suites",
@@ -388,6 +392,16 @@ def _suite_results(accepted: list[str], candidates: list[dict[str, Any]]) -> lis
             else "every accepted suite is ECDHE",
         ),
     ]
+    if missing:
+        results.append(
+            Result(
+                "suites.outside",
+                "legacy TLS 1.2 suites",
+                "SKIP",
+                f"cannot test: the local OpenSSL cannot offer {', '.join(missing)}",
+            )
+        )
+    return results
 
 
 def _tls13_result(enabled: bool, accepted: list[str], probes: dict[str, Probe]) -> Result:

@@ -29,6 +29,7 @@ class Nginx:
         protocols: str = "TLSv1.2",
         ciphers: str = SIX,
         server_name: str = "api.example.test",
+        prefer_server: bool = True,
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ http {{
 {certs}
       ssl_protocols {protocols};
       ssl_ciphers "{ciphers}";
-      ssl_prefer_server_ciphers on;
+      ssl_prefer_server_ciphers {"on" if prefer_server else "off"};
       location / {{ return 200 "ok\\n"; }}
   }}
 }}
