@@ -104,6 +104,7 @@ class Probe:
     cipher: str | None = None
     chain: tuple[bytes, ...] = field(default=(), repr=False)
     verify_code: int | None = None
+    transient: bool = False
 
 
 def _client(
@@ -140,11 +141,23 @@ def _chain_der(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
 
 
 def handshake(target: Target, ctx: ssl.SSLContext) -> Probe:
-    """One TLS handshake; network failures after connecting count as the server refusing."""
+    """One TLS handshake, tried once more when it failed for want of a connection or an answer.
+
+    A busy server (or a busy scanning machine) can time out or refuse a connection for reasons
+    that have nothing to do with what was offered; an alert, a reset or a close after the
+    ClientHello is the server's answer and is never retried.
+    """
+    probe = _handshake_once(target, ctx)
+    if probe.transient:
+        probe = _handshake_once(target, ctx)
+    return probe
+
+
+def _handshake_once(target: Target, ctx: ssl.SSLContext) -> Probe:
     try:
         raw = socket.create_connection((target.host, target.port), timeout=target.timeout)
     except OSError as exc:
-        return Probe("refused", f"connect: {exc.strerror or exc}")
+        return Probe("refused", f"connect: {exc.strerror or exc}", transient=True)
     try:
         with ctx.wrap_socket(raw, server_hostname=target.sni) as tls:
             cipher = tls.cipher()
@@ -154,16 +167,23 @@ def handshake(target: Target, ctx: ssl.SSLContext) -> Probe:
                 cipher=cipher[0] if cipher else None,
                 chain=_chain_der(tls),
             )
-    except ssl.SSLCertVerificationError as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        return _failure(exc, target.timeout)
+    finally:
+        raw.close()
+
+
+def _failure(exc: OSError, timeout: float) -> Probe:
+    """What a failed handshake says: the server refused, or the local side could not offer."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
         return Probe("refused", exc.verify_message or str(exc), verify_code=exc.verify_code)
-    except ssl.SSLError as exc:
+    if isinstance(exc, ssl.SSLError):
         if exc.reason in LOCAL_REASONS:
             return Probe("untested", f"local OpenSSL cannot offer it ({exc.reason})")
         return Probe("refused", exc.reason or str(exc))
-    except OSError as exc:
-        return Probe("refused", type(exc).__name__ if not str(exc) else str(exc))
-    finally:
-        raw.close()
+    if isinstance(exc, TimeoutError):
+        return Probe("refused", f"no answer within {timeout:g} s", transient=True)
+    return Probe("refused", str(exc) or type(exc).__name__)
 
 
 def _version_probe(target: Target, name: Version, version: ssl.TLSVersion | None) -> Probe:
