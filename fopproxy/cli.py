@@ -29,8 +29,9 @@ examples:
   fopproxy -c proxy.yaml           run the proxy (same as: fopproxy run -c proxy.yaml)
   fopproxy demo                    TLS on https://localhost:8443/ in front of a built-in backend
   fopproxy check -c proxy.yaml     audit config and certificates against the rules (no port opened)
-  fopproxy scan api.example.com:443     scan any live endpoint against the same rules
+  fopproxy scan HOST:443           scan any live endpoint against the same rules
   fopproxy cert selfsigned --name api.example.com --out tls/
+                                   a key + self-signed certificate that pass check
 
 exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or certificate
   (check/scan: 0 every rule passes, warnings allowed; 1 a rule fails; 2 unreadable config/target)

@@ -69,8 +69,8 @@ http {{
             text=True,
         )
         try:
-            wait_for_port("127.0.0.1", self.port, timeout=15, proc=None)
-        except TimeoutError:
+            wait_for_port("127.0.0.1", self.port, timeout=15, proc=self.proc)
+        except (TimeoutError, RuntimeError):
             self.stop()
             raise RuntimeError(f"nginx did not start: {self.error_log()}") from None
 
