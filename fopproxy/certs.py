@@ -113,6 +113,36 @@ def chain_order_problem(chain: Sequence[x509.Certificate]) -> str | None:
     return None
 
 
+WEAK_SIGNATURE_HASHES = frozenset({"md5", "sha1"})
+
+
+def signature_hash_name(cert: x509.Certificate) -> str:
+    """The hash the issuer signed `cert` with ("sha256"), "unknown", or "none" for EdDSA."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return "unknown"
+    return algorithm.name if algorithm is not None else "none"
+
+
+def weak_signature_problem(chain: Sequence[x509.Certificate]) -> str | None:
+    """Why a signature a client checks uses SHA-1 or MD5, or None.
+
+    A root's signature on itself is never checked, so certificates whose issuer is their own
+    subject are left out. Checked before the chain order: cryptography cannot verify a SHA-1
+    signature at all, which would otherwise read as "not signed by the next certificate".
+    """
+    weak = [
+        f"certificate #{index} ({cert.subject.rfc4514_string()}) is signed with "
+        f"{signature_hash_name(cert).upper()}"
+        for index, cert in enumerate(chain)
+        if cert.issuer != cert.subject and signature_hash_name(cert) in WEAK_SIGNATURE_HASHES
+    ]
+    if not weak:
+        return None
+    return "; ".join(weak) + "; re-issue it signed with SHA-256"
+
+
 def parse_chain(data: bytes) -> list[x509.Certificate]:
     try:
         chain = x509.load_pem_x509_certificates(data)
@@ -229,7 +259,7 @@ def validate_certificate(
             f"{source.cert}: does not cover server_name {server_name!r} "
             f"(certificate names: {', '.join(names) or 'none'})"
         )
-    problem = chain_order_problem(chain)
+    problem = weak_signature_problem(chain) or chain_order_problem(chain)
     if problem is not None:
         raise CertificateError(f"{source.cert}: {problem}")
     return LoadedCertificate(

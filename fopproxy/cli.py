@@ -28,8 +28,13 @@ EPILOG = """\
 examples:
   fopproxy -c proxy.yaml           run the proxy (same as: fopproxy run -c proxy.yaml)
   fopproxy demo                    TLS on https://localhost:8443/ in front of a built-in backend
+  fopproxy check -c proxy.yaml     audit config and certificates against the rules (no port opened)
+  fopproxy scan HOST:443           scan any live endpoint against the same rules
+  fopproxy cert selfsigned --name api.example.com --out tls/
+                                   a key + self-signed certificate that pass check
 
 exit codes: 0 ok, 1 runtime failure, 2 bad usage, configuration or certificate
+  (check/scan: 0 every rule passes, warnings allowed; 1 a rule fails; 2 unreadable config/target)
 """
 
 
@@ -55,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
     demo.add_argument("--metrics-port", type=int, default=9100, help="metrics port (default 9100)")
+    from fopproxy.compliance.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -85,6 +93,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         configure_logging(LoggingConfig())
         return run_demo(args.port, args.metrics_port)
+    if args.command in {"check", "scan", "cert"}:
+        from fopproxy.compliance.cli import dispatch
+
+        return dispatch(args)
     if args.command == "run" or (args.command is None and args.config):
         return _run(args.config)
     parser.print_help(sys.stderr)

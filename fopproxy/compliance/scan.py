@@ -1,0 +1,496 @@
+"""`fopproxy scan`: a live, client-side scan of any TLS endpoint, judged by the same rule table.
+
+Every probe is one short handshake that offers exactly one thing (a protocol version, a suite),
+so "accepted" means the server agreed to it, not that it merely tolerated it among others. The
+probes ask only "would you accept this?", so they do not verify the certificate; the separate
+`hostname_verification` handshake does, against the Mozilla roots (plus `--cafile`), the way
+Google's client will. What the local OpenSSL cannot offer (SSLv2, SSLv3 on most builds) is
+reported as not tested, never as refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import certifi
+from cryptography import x509
+
+from fopproxy.compliance.report import Report
+from fopproxy.compliance.rules import Result, Status, certificate_results, describe_certificate
+from fopproxy.errors import ComplianceError, FopproxyError
+from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
+from fopproxy.tls import restrict_tls13_suites
+
+# `@SECLEVEL=0`: at OpenSSL 3's default level a client cannot even offer TLS 1.0/1.1 or SHA-1
+# suites, and a scanner that cannot offer something cannot tell whether the server accepts it.
+EVERYTHING = "ALL:COMPLEMENTOFALL:@SECLEVEL=0"
+# The TLS 1.3 suites OpenSSL 3 knows; the last two are off by default but can be offered.
+TLS13_SUITES = (
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_AES_128_CCM_SHA256",
+    "TLS_AES_128_CCM_8_SHA256",
+)
+# Suites that need a pre-shared key or SRP verifier cannot complete without one: never offered.
+SKIPPED_KEY_EXCHANGES = frozenset({"kx-psk", "kx-dhe-psk", "kx-ecdhe-psk", "kx-rsa-psk", "kx-srp"})
+# Well-known weak suites a partner's old server may still take; where the local OpenSSL cannot
+# offer them (Debian builds without 3DES/RC4), the report says so rather than calling them refused.
+NOTABLE_LEGACY_SUITES = ("DES-CBC3-SHA", "ECDHE-RSA-DES-CBC3-SHA", "RC4-SHA", "RC4-MD5")
+# OpenSSL errors raised before anything is sent: the local side could not make the offer.
+LOCAL_REASONS = frozenset({"NO_PROTOCOLS_AVAILABLE", "NO_CIPHERS_AVAILABLE", "NO_CIPHER_MATCH"})
+X509_V_ERR_HOSTNAME_MISMATCH = 62
+MAX_PARALLEL = 8
+MAX_ORDER_PROBES = 40
+
+Version = Literal["SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+VERSIONS: tuple[tuple[Version, ssl.TLSVersion | None], ...] = (
+    ("SSLv2", None),
+    ("SSLv3", ssl.TLSVersion.SSLv3),
+    ("TLSv1", ssl.TLSVersion.TLSv1),
+    ("TLSv1.1", ssl.TLSVersion.TLSv1_1),
+    ("TLSv1.2", ssl.TLSVersion.TLSv1_2),
+    ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
+)
+LEGACY: frozenset[str] = frozenset({"SSLv2", "SSLv3", "TLSv1", "TLSv1.1"})
+
+
+class ScanError(FopproxyError):
+    """The target cannot be scanned at all (bad address, nothing listening)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    server_name: str | None = None
+    cafile: Path | None = None
+    timeout: float = 5.0
+
+    @property
+    def sni(self) -> str | None:
+        """The name to send and verify: --servername, else the host unless it is an IP."""
+        if self.server_name:
+            return self.server_name
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return self.host
+        return None
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ScanError(f"{text!r} is not HOST:PORT (IPv6 as [::1]:443)")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The outcome of one handshake."""
+
+    state: Literal["accepted", "refused", "untested"]
+    detail: str = ""
+    version: str | None = None
+    cipher: str | None = None
+    chain: tuple[bytes, ...] = field(default=(), repr=False)
+    verify_code: int | None = None
+    transient: bool = False
+
+
+def _client(
+    low: ssl.TLSVersion,
+    high: ssl.TLSVersion,
+    ciphers: str = EVERYTHING,
+    tls13: Sequence[str] | None = None,
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = low
+    ctx.maximum_version = high
+    ctx.set_ciphers(ciphers)
+    if tls13 is not None:
+        restrict_tls13_suites(ctx, tls13)
+    return ctx
+
+
+def _chain_der(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
+    """Every certificate the server sent, leaf first.
+
+    Python 3.13 has SSLSocket.get_unverified_chain(); 3.10-3.12 have the same method only on the
+    internal `_sslobj`. Without either, the leaf alone is returned (the chain rules then see it).
+    """
+    getter: Any = getattr(tls, "get_unverified_chain", None) or getattr(
+        getattr(tls, "_sslobj", None), "get_unverified_chain", None
+    )
+    if getter is not None:
+        chain = getter() or []
+        return tuple(c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain)  # type: ignore[attr-defined]
+    leaf = tls.getpeercert(binary_form=True)
+    return (leaf,) if leaf else ()
+
+
+def handshake(target: Target, ctx: ssl.SSLContext) -> Probe:
+    """One TLS handshake, tried once more when it failed for want of a connection or an answer.
+
+    A busy server (or a busy scanning machine) can time out or refuse a connection for reasons
+    that have nothing to do with what was offered; an alert, a reset or a close after the
+    ClientHello is the server's answer and is never retried.
+    """
+    probe = _handshake_once(target, ctx)
+    if probe.transient:
+        probe = _handshake_once(target, ctx)
+    return probe
+
+
+def _handshake_once(target: Target, ctx: ssl.SSLContext) -> Probe:
+    try:
+        raw = socket.create_connection((target.host, target.port), timeout=target.timeout)
+    except OSError as exc:
+        return Probe("refused", f"connect: {exc.strerror or exc}", transient=True)
+    try:
+        with ctx.wrap_socket(raw, server_hostname=target.sni) as tls:
+            cipher = tls.cipher()
+            return Probe(
+                "accepted",
+                version=tls.version(),
+                cipher=cipher[0] if cipher else None,
+                chain=_chain_der(tls),
+            )
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        return _failure(exc, target.timeout)
+    finally:
+        raw.close()
+
+
+def _failure(exc: OSError, timeout: float) -> Probe:
+    """What a failed handshake says: the server refused, or the local side could not offer."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Probe("refused", exc.verify_message or str(exc), verify_code=exc.verify_code)
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason in LOCAL_REASONS:
+            return Probe("untested", f"local OpenSSL cannot offer it ({exc.reason})")
+        return Probe("refused", exc.reason or str(exc))
+    if isinstance(exc, TimeoutError):
+        return Probe("refused", f"no answer within {timeout:g} s", transient=True)
+    return Probe("refused", str(exc) or type(exc).__name__)
+
+
+def _version_probe(target: Target, name: Version, version: ssl.TLSVersion | None) -> Probe:
+    if version is None:
+        return Probe("untested", "OpenSSL 3 has no SSLv2 client")
+    if version is ssl.TLSVersion.SSLv3 and not ssl.HAS_SSLv3:
+        return Probe("untested", "the local OpenSSL is built without SSLv3")
+    try:
+        ctx = _client(version, version)
+    except (ValueError, ssl.SSLError) as exc:
+        return Probe("untested", f"the local OpenSSL cannot offer {name} ({exc})")
+    probe = handshake(target, ctx)
+    if probe.state == "accepted" and probe.version != name:
+        return Probe("refused", f"answered with {probe.version}")
+    return probe
+
+
+def tls12_candidates() -> list[Any]:
+    """Every TLS 1.2-capable suite this OpenSSL can offer without a PSK/SRP secret."""
+    ctx = _client(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2)
+    return [
+        c
+        for c in ctx.get_ciphers()
+        if c["protocol"] != "TLSv1.3" and c["kea"] not in SKIPPED_KEY_EXCHANGES
+    ]
+
+
+def _suite_probe(target: Target, suite: str) -> Probe:
+    ctx = _client(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2, f"{suite}:@SECLEVEL=0")
+    probe = handshake(target, ctx)
+    if probe.state == "accepted" and probe.cipher != suite:
+        return Probe("refused", f"negotiated {probe.cipher} instead")
+    return probe
+
+
+def _tls13_probe(target: Target, suite: str) -> Probe:
+    try:
+        ctx = _client(ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3, tls13=[suite])
+    except ComplianceError as exc:
+        return Probe("untested", str(exc))
+    probe = handshake(target, ctx)
+    if probe.state == "accepted" and probe.cipher != suite:
+        return Probe("refused", f"negotiated {probe.cipher} instead")
+    return probe
+
+
+def _server_order(target: Target, accepted: list[str]) -> tuple[bool | None, list[str]]:
+    """(does the server choose?, its order found by elimination)."""
+    if len(accepted) < 2:
+        return None, list(accepted)
+    tls12 = ssl.TLSVersion.TLSv1_2
+
+    def pick(offer: Sequence[str]) -> str | None:
+        return handshake(target, _client(tls12, tls12, ":".join(offer) + ":@SECLEVEL=0")).cipher
+
+    if pick(accepted) != pick(list(reversed(accepted))):
+        return False, []
+    order: list[str] = []
+    remaining = list(reversed(accepted))
+    while remaining and len(order) < MAX_ORDER_PROBES:
+        chosen = pick(remaining)
+        if chosen is None or chosen not in remaining:
+            break
+        order.append(chosen)
+        remaining.remove(chosen)
+    return True, order
+
+
+def _served_chains(target: Target, tls12_ok: bool) -> list[tuple[str, tuple[bytes, ...]]]:
+    """The chain served for each key type (a dual-cert server serves one per suite family)."""
+    chains: list[tuple[str, tuple[bytes, ...]]] = []
+    seen: set[bytes] = set()
+    offers: list[tuple[str, ssl.SSLContext]] = []
+    if tls12_ok:
+        tls12 = ssl.TLSVersion.TLSv1_2
+        offers += [
+            ("ecdsa", _client(tls12, tls12, "aECDSA:@SECLEVEL=0")),
+            ("rsa", _client(tls12, tls12, "aRSA:@SECLEVEL=0")),
+        ]
+    offers.append(("default", _client(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)))
+    for label, ctx in offers:
+        probe = handshake(target, ctx)
+        if probe.state == "accepted" and probe.chain and probe.chain[0] not in seen:
+            if label == "default" and chains:
+                continue
+            seen.add(probe.chain[0])
+            chains.append((label, probe.chain))
+    return chains
+
+
+def _hostname_probe(target: Target) -> Probe:
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    if target.cafile is not None:
+        ctx.load_verify_locations(cafile=str(target.cafile))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    named = Target(
+        target.host, target.port, target.sni or target.host, target.cafile, target.timeout
+    )
+    return handshake(named, ctx)
+
+
+def scan(target: Target) -> Report:
+    """Scan `target`; ScanError if nothing accepts a TCP connection there."""
+    try:
+        socket.create_connection((target.host, target.port), timeout=target.timeout).close()
+    except OSError as exc:
+        raise ScanError(
+            f"cannot connect to {target.host}:{target.port}: {exc.strerror or exc}"
+        ) from None
+    report = Report(
+        "scan",
+        {
+            "host": target.host,
+            "port": target.port,
+            "server_name": target.sni,
+            "cafile": str(target.cafile) if target.cafile else None,
+        },
+    )
+    candidates = tls12_candidates()
+    with ThreadPoolExecutor(MAX_PARALLEL) as pool:
+        version_futures = {
+            name: pool.submit(_version_probe, target, name, v) for name, v in VERSIONS
+        }
+        suite_futures = {
+            c["name"]: pool.submit(_suite_probe, target, c["name"]) for c in candidates
+        }
+        tls13_futures = {s: pool.submit(_tls13_probe, target, s) for s in TLS13_SUITES}
+        versions = {name: f.result() for name, f in version_futures.items()}
+        suites = {name: f.result() for name, f in suite_futures.items()}
+        tls13 = {name: f.result() for name, f in tls13_futures.items()}
+    accepted12 = [name for name, p in suites.items() if p.state == "accepted"]
+    tls13_on = versions["TLSv1.3"].state == "accepted"
+    accepted13 = [name for name, p in tls13.items() if p.state == "accepted"] if tls13_on else []
+    prefers, order = _server_order(target, accepted12)
+
+    report.add(*_version_results(versions))
+    report.add(*_suite_results(accepted12, candidates))
+    report.add(_tls13_result(tls13_on, accepted13, tls13))
+    report.add(_preference_result(prefers, order))
+    served = _served_chains(target, versions["TLSv1.2"].state == "accepted")
+    certificates: list[dict[str, object]] = []
+    for label, der_chain in served:
+        chain = [x509.load_der_x509_certificate(d) for d in der_chain]
+        subject = f"served {label} certificate"
+        report.add(*certificate_results(subject, chain, target.sni))
+        certificates.append(
+            {"role": subject, "chain_length": len(chain), **describe_certificate(chain[0])}
+        )
+    if not served:
+        report.add(Result("cert.trust", "served certificate", "FAIL", "no handshake completed"))
+    report.add(_hostname_result(target, _hostname_probe(target)))
+    ids = {c["name"]: f"0x{c['id'] & 0xFFFF:04X}" for c in candidates}
+    report.facts = {
+        "protocols": {name: {"state": p.state, "detail": p.detail} for name, p in versions.items()},
+        "tls12_suites_accepted": [{"name": s, "code": ids[s]} for s in accepted12],
+        "tls12_suites_tested": len([p for p in suites.values() if p.state != "untested"]),
+        "tls13_suites_accepted": accepted13,
+        "tls13_suites_untested": [s for s, p in tls13.items() if p.state == "untested"]
+        if tls13_on
+        else [],
+        "server_preference": prefers,
+        "server_order": order,
+        "certificates": certificates,
+    }
+    return report
+
+
+def _version_results(versions: dict[Version, Probe]) -> list[Result]:
+    results = []
+    for name, probe in versions.items():
+        if probe.state == "untested":
+            results.append(
+                Result("protocol.versions", name, "SKIP", f"cannot test: {probe.detail}")
+            )
+        elif name in LEGACY:
+            status: Status = "FAIL" if probe.state == "accepted" else "PASS"
+            detail = "accepted" if probe.state == "accepted" else f"refused ({probe.detail})"
+            results.append(Result("protocol.versions", name, status, detail))
+        elif name == "TLSv1.2":
+            ok = probe.state == "accepted"
+            results.append(
+                Result(
+                    "protocol.versions",
+                    name,
+                    "PASS" if ok else "FAIL",
+                    "accepted" if ok else f"refused ({probe.detail}): the six suites need TLS 1.2",
+                )
+            )
+        else:
+            detail = (
+                "accepted (allowed)"
+                if probe.state == "accepted"
+                else f"not accepted ({probe.detail})"
+            )
+            results.append(Result("protocol.versions", name, "PASS", detail))
+    return results
+
+
+def _suite_results(accepted: list[str], candidates: list[dict[str, Any]]) -> list[Result]:
+    inside = [s for s in CARD_FOP_TLS12_SUITES if s in accepted]
+    outside = [s for s in accepted if s not in CARD_FOP_TLS12_SUITES]
+    kea = {c["name"]: c["kea"] for c in candidates}
+    non_ecdhe = [s for s in accepted if kea.get(s) != "kx-ecdhe"]
+    missing = [s for s in NOTABLE_LEGACY_SUITES if s not in kea]
+    results = [
+        Result(
+            "suites.required",
+            "TLS 1.2 suites",
+            "PASS" if inside else "FAIL",
+            f"{len(inside)} of the six accepted: {', '.join(inside) or 'none'}",
+        ),
+        Result(
+            "suites.outside",
+            "TLS 1.2 suites",
+            "FAIL" if outside else "PASS",
+            f"accepted outside the list: {', '.join(outside)}"
+            if outside
+            else f"nothing outside the list ({len(candidates)} suites tried one by one)",
+        ),
+        Result(
+            "key_exchange",
+            "TLS 1.2 suites",
+            "FAIL" if non_ecdhe else "PASS",
+            f"non-ECDHE suites accepted: {', '.join(non_ecdhe)}"
+            if non_ecdhe
+            else "every accepted suite is ECDHE",
+        ),
+    ]
+    if missing:
+        results.append(
+            Result(
+                "suites.outside",
+                "legacy TLS 1.2 suites",
+                "SKIP",
+                f"cannot test: the local OpenSSL cannot offer {', '.join(missing)}",
+            )
+        )
+    return results
+
+
+def _tls13_result(enabled: bool, accepted: list[str], probes: dict[str, Probe]) -> Result:
+    if not enabled:
+        return Result("suites.tls13", "TLS 1.3 suites", "PASS", "TLS 1.3 not accepted")
+    untested = [s for s, p in probes.items() if p.state == "untested"]
+    if len(untested) == len(probes):
+        return Result(
+            "suites.tls13",
+            "TLS 1.3 suites",
+            "SKIP",
+            f"TLS 1.3 accepted, but suites cannot be offered one by one here: {untested[0]}",
+        )
+    outside = [s for s in accepted if s not in CARD_FOP_TLS13_SUITES]
+    detail = f"accepted: {', '.join(accepted) or 'none'}"
+    if untested:
+        detail += f"; not tested: {', '.join(untested)}"
+    if outside:
+        return Result(
+            "suites.tls13",
+            "TLS 1.3 suites",
+            "FAIL",
+            f"{detail} (outside TLS_AES_128_GCM_SHA256, TLS_CHACHA20_POLY1305_SHA256)",
+        )
+    return Result("suites.tls13", "TLS 1.3 suites", "PASS", detail)
+
+
+def _preference_result(prefers: bool | None, order: list[str]) -> Result:
+    if prefers is None:
+        return Result(
+            "server_preference",
+            "TLS 1.2 suites",
+            "PASS",
+            f"only {len(order)} suite accepted: nothing to choose",
+        )
+    if not prefers:
+        return Result(
+            "server_preference",
+            "TLS 1.2 suites",
+            "WARN",
+            "the client's order wins: clients may pick the CBC suite first",
+        )
+    expected = [s for s in CARD_FOP_TLS12_SUITES if s in order]
+    if [s for s in order if s in CARD_FOP_TLS12_SUITES] != expected:
+        return Result(
+            "server_preference",
+            "TLS 1.2 suites",
+            "WARN",
+            f"server order differs from the documented one: {', '.join(order)}",
+        )
+    return Result(
+        "server_preference", "TLS 1.2 suites", "PASS", f"server order: {', '.join(order)}"
+    )
+
+
+def _hostname_result(target: Target, probe: Probe) -> Result:
+    name = target.sni or target.host
+    anchors = "Mozilla roots" + (f" + {target.cafile}" if target.cafile else "")
+    if probe.state == "accepted":
+        return Result("hostname_verification", name, "PASS", f"chain and name verified ({anchors})")
+    if probe.verify_code == X509_V_ERR_HOSTNAME_MISMATCH:
+        return Result("hostname_verification", name, "FAIL", f"{probe.detail} ({anchors})")
+    if probe.verify_code is not None:
+        return Result(
+            "hostname_verification",
+            name,
+            "WARN",
+            f"chain not trusted by {anchors}: {probe.detail}; the name is judged by cert.names",
+        )
+    return Result(
+        "hostname_verification", name, "FAIL", f"verifying handshake failed: {probe.detail}"
+    )
