@@ -235,6 +235,25 @@ def validate_certificate(
     now: datetime | None = None,
 ) -> LoadedCertificate:
     """Everything the rules and the start-up contract ask of one chain; CertificateError if not."""
+    try:
+        return _validate_certificate(
+            source, cert_pem, key_pem, password, server_name, selection, now
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography parses extensions and public keys only when asked: a malformed SAN or key
+        # in an otherwise well-framed PEM surfaces here, and must not escape the reload watcher.
+        raise CertificateError(f"{source.cert}: cannot be parsed ({exc})") from None
+
+
+def _validate_certificate(
+    source: CertificateSource,
+    cert_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None,
+) -> LoadedCertificate:
     chain = parse_chain(cert_pem)
     key = parse_private_key(key_pem, password)
     leaf = chain[0]

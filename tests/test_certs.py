@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fopproxy.certs import (
     CertificateSource,
@@ -187,3 +189,25 @@ def test_snapshot_digest_follows_content_only(tmp_path: Path, ca: CA) -> None:
     assert read_snapshot(sources).digest != first
     built = load_certificate_set(sources, HOST, ALL)
     assert built.digest == read_snapshot(sources).digest
+
+
+def test_malformed_extension_is_a_certificate_error(ca: CA) -> None:
+    """A SAN that is not valid DER (parsed lazily by cryptography) is reported, not a traceback."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x01\x02"),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    with pytest.raises(CertificateError, match="cannot be parsed"):
+        _validate(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
