@@ -34,7 +34,7 @@ def new_store(config: Config, stats: Stats) -> CertificateStore:
         config.server_name,
         config.tls.selection,
         stats,
-        pair_grace=max(10.0, 2 * config.tls.reload_interval),
+        grace=config.tls.reload_grace,
     )
 
 

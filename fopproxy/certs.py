@@ -24,7 +24,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from fopproxy.errors import CertificateError
+from fopproxy.errors import (
+    CertificateError,
+    CertificateParseError,
+    CertificateReadError,
+    KeyMismatchError,
+)
 from fopproxy.policy import KeyType, SuiteSelection
 from fopproxy.tls import build_context
 
@@ -143,22 +148,53 @@ def weak_signature_problem(chain: Sequence[x509.Certificate]) -> str | None:
     return "; ".join(weak) + "; re-issue it signed with SHA-256"
 
 
+PEM_BEGIN_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
+
 def parse_chain(data: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM file, refusing one that looks cut short.
+
+    cryptography skips a PEM block that has no END line, so a chain caught mid-write would parse
+    as "leaf only" and be served without its intermediates; the two checks below catch that.
+    """
+    if not data.strip():
+        raise CertificateParseError("the certificate file is empty")
     try:
         chain = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CertificateError(f"not a PEM certificate chain ({exc})") from None
+    except ValueError:
+        raise CertificateParseError(
+            f"no complete PEM certificate in the file ({len(data)} bytes; cut short or not PEM?)"
+        ) from None
+    last_line = data.rstrip().rsplit(b"\n", 1)[-1].strip()
+    if not (last_line.startswith(b"-----END ") and last_line.endswith(b"-----")):
+        raise CertificateParseError(
+            "the certificate file does not end with a PEM END line (cut short?)"
+        )
+    blocks = data.count(PEM_BEGIN_CERTIFICATE)
+    if blocks != len(chain):
+        raise CertificateParseError(
+            f"the certificate file has {blocks} PEM certificate blocks but only {len(chain)} "
+            "could be read (one is cut short or damaged)"
+        )
     return chain
 
 
 def parse_private_key(data: bytes, password: bytes | None) -> object:
+    if not data.strip():
+        raise CertificateParseError("the private key file is empty")
     try:
         return serialization.load_pem_private_key(data, password=password)
     except TypeError as exc:
         # cryptography raises TypeError for "encrypted but no password" and the reverse.
         raise CertificateError(f"private key: {exc}") from None
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"private key cannot be read ({exc})") from None
+    except UnsupportedAlgorithm as exc:
+        raise CertificateError(f"private key of an unsupported type ({exc})") from None
+    except ValueError:
+        # Also a wrong passphrase; the message must not echo anything of the key.
+        raise CertificateParseError(
+            f"private key cannot be read ({len(data)} bytes; cut short, not PEM, "
+            "or a wrong passphrase?)"
+        ) from None
 
 
 def public_key_der(key: Any) -> bytes:
@@ -229,11 +265,30 @@ def validate_certificate(
     now: datetime | None = None,
 ) -> LoadedCertificate:
     """Everything the rules and the start-up contract ask of one chain; CertificateError if not."""
+    try:
+        return _validate_certificate(
+            source, cert_pem, key_pem, password, server_name, selection, now
+        )
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # cryptography parses extensions and public keys only when asked: a malformed SAN or key
+        # in an otherwise well-framed PEM surfaces here, and must not escape the reload watcher.
+        raise CertificateError(f"{source.cert}: cannot be parsed ({exc})") from None
+
+
+def _validate_certificate(
+    source: CertificateSource,
+    cert_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None,
+) -> LoadedCertificate:
     chain = parse_chain(cert_pem)
     key = parse_private_key(key_pem, password)
     leaf = chain[0]
     if public_key_der(key) != public_key_der(leaf.public_key()):
-        raise CertificateError(
+        raise KeyMismatchError(
             f"key {source.key} does not match certificate {source.cert} (different public keys)"
         )
     info = describe_key(leaf.public_key())
@@ -385,6 +440,68 @@ class CertificateSet:
         return min(c.not_after for c in self.certificates)
 
 
+@dataclass(frozen=True)
+class SourceContent:
+    """The bytes of one entry's files, read once: what is validated is exactly what is served."""
+
+    source: CertificateSource
+    cert_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    password: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every entry's file content at one moment, and a digest that identifies that content."""
+
+    contents: tuple[SourceContent, ...]
+    digest: str
+
+
+def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
+    """Read all files once; CertificateReadError names `tls.certificates[i]` and the file."""
+    contents: list[SourceContent] = []
+    hasher = hashlib.sha256()
+    for index, source in enumerate(sources):
+        try:
+            cert_pem, key_pem, password = read_source(source)
+        except OSError as exc:
+            raise CertificateReadError(
+                f"tls.certificates[{index}]: cannot read {exc.filename}: {exc.strerror}"
+            ) from None
+        for blob in (cert_pem, key_pem, password or b""):
+            hasher.update(hashlib.sha256(blob).digest())
+        contents.append(SourceContent(source, cert_pem, key_pem, password))
+    return Snapshot(tuple(contents), hasher.hexdigest())
+
+
+def build_certificate_set(
+    snapshot: Snapshot,
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None = None,
+) -> CertificateSet:
+    """Validate every entry of `snapshot` and build the contexts; errors name the entry."""
+    loaded: list[LoadedCertificate] = []
+    for index, content in enumerate(snapshot.contents):
+        try:
+            loaded.append(
+                validate_certificate(
+                    content.source,
+                    content.cert_pem,
+                    content.key_pem,
+                    content.password,
+                    server_name,
+                    selection,
+                    now,
+                )
+            )
+        except CertificateError as exc:
+            # Same class, so the reload watcher can still tell a half-written pair apart.
+            raise type(exc)(f"tls.certificates[{index}]: {exc}") from None
+    return CertificateSet(loaded, selection, server_name, snapshot.digest)
+
+
 def load_certificate_set(
     sources: Sequence[CertificateSource],
     server_name: str,
@@ -392,34 +509,9 @@ def load_certificate_set(
     now: datetime | None = None,
 ) -> CertificateSet:
     """Read, validate and build; CertificateError names `tls.certificates[i]` and the problem."""
-    loaded: list[LoadedCertificate] = []
-    hasher = hashlib.sha256()
-    for index, source in enumerate(sources):
-        where = f"tls.certificates[{index}]"
-        try:
-            cert_pem, key_pem, password = read_source(source)
-        except OSError as exc:
-            raise CertificateError(
-                f"{where}: cannot read {exc.filename}: {exc.strerror}"
-            ) from None
-        for blob in (cert_pem, key_pem, password or b""):
-            hasher.update(hashlib.sha256(blob).digest())
-        try:
-            loaded.append(
-                validate_certificate(
-                    source, cert_pem, key_pem, password, server_name, selection, now
-                )
-            )
-        except CertificateError as exc:
-            raise CertificateError(f"{where}: {exc}") from None
-    return CertificateSet(loaded, selection, server_name, hasher.hexdigest())
+    return build_certificate_set(read_snapshot(sources), server_name, selection, now)
 
 
 def source_digest(sources: Sequence[CertificateSource]) -> str:
     """Digest of the files' current content, the same way `load_certificate_set` computes it."""
-    hasher = hashlib.sha256()
-    for source in sources:
-        cert_pem, key_pem, password = read_source(source)
-        for blob in (cert_pem, key_pem, password or b""):
-            hasher.update(hashlib.sha256(blob).digest())
-    return hasher.hexdigest()
+    return read_snapshot(sources).digest

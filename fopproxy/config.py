@@ -46,6 +46,9 @@ class TLSConfig:
     selection: SuiteSelection
     certificates: tuple[CertificateSource, ...]
     reload_interval: float
+    # How long a half-written rotation (key not matching, file cut short or missing) may last
+    # before the reload counts as failed; see reload.py.
+    reload_grace: float = 10.0
 
     @property
     def profile_name(self) -> str:
@@ -150,6 +153,14 @@ def _seconds(value: object) -> float:
         raise ValueError(f"expected a number of seconds, got {_kind(value)}")
     if not 0 < value <= 86400:
         raise ValueError(f"must be > 0 and <= 86400 seconds, got {value}")
+    return float(value)
+
+
+def _grace_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number of seconds, got {_kind(value)}")
+    if not 0 <= value <= 3600:
+        raise ValueError(f"must be >= 0 and <= 3600 seconds, got {value}")
     return float(value)
 
 
@@ -339,7 +350,9 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
     if raw is None:
         p.add("tls", "is required (at least tls.certificates)")
         return None
-    tls = p.mapping(raw, "tls", ("profile", "ciphers", "certificates", "reload_interval"))
+    tls = p.mapping(
+        raw, "tls", ("profile", "ciphers", "certificates", "reload_interval", "reload_grace")
+    )
     if not isinstance(raw, Mapping):
         return None
     profile_name = p.typed(tls, "profile", "tls", _string, DEFAULT_PROFILE) or DEFAULT_PROFILE
@@ -357,6 +370,7 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
         except ValueError as exc:
             p.add("tls.ciphers", str(exc).removeprefix(""))
     reload_interval = p.typed(tls, "reload_interval", "tls", _seconds, 5.0) or 5.0
+    reload_grace = p.typed(tls, "reload_grace", "tls", _grace_seconds, 10.0)
 
     certificates: list[CertificateSource] = []
     entries = tls.get("certificates")
@@ -376,7 +390,8 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
                 certificates.append(CertificateSource(cert, key, passphrase))
     if selection is None or p.lines:
         return None
-    return TLSConfig(selection, tuple(certificates), reload_interval)
+    assert reload_grace is not None  # a bad value added a problem above
+    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -19,5 +19,22 @@ class CertificateError(FopproxyError):
     """A certificate or key is unusable (parse error, mismatch, expiry, name coverage, key type)."""
 
 
+# The next three are also what a rotation looks like while it is still under way (the second file
+# of a pair not written yet, a file caught mid-write or mid-replace), so the reload watcher gives
+# them a grace period before calling the rotation failed. At start they are as fatal as any other.
+
+
+class KeyMismatchError(CertificateError):
+    """The private key is not the certificate's (different public keys)."""
+
+
+class CertificateParseError(CertificateError):
+    """A certificate or key file is not complete PEM: empty, cut short, or not PEM at all."""
+
+
+class CertificateReadError(CertificateError):
+    """A certificate, key or passphrase file cannot be read (missing, permissions)."""
+
+
 class ComplianceError(FopproxyError):
     """The runtime cannot build a TLS context inside the compliance rules (fail closed)."""

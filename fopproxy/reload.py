@@ -2,9 +2,19 @@
 
 Content, not mtimes or inotify: a Kubernetes Secret volume swaps a `..data` symlink, which an
 inotify watch on the file itself never sees, while reading the bytes always gives what a new
-connection would get. A new set is built completely (parsed, validated, contexts made) before the
-single reference swap; new handshakes take `store.current.context`, connections already open keep
-the SSLObject (and so the context) they started with.
+connection would get. A new set is built completely (parsed, validated, contexts made) from one
+read of the files before the single reference swap; new handshakes take `store.current.context`,
+connections already open keep the SSLObject (and so the context) they started with.
+
+Rotations are rarely atomic: cert-manager and operators write the certificate, then the key, and a
+large file may be caught half-written. So the watcher
+- only looks at content that has stayed the same across two reads `settle` seconds apart, and
+- treats a key that does not match its certificate, a file cut short and a file that is missing as
+  "maybe still being written": such content is retried on every check and only counted as a
+  failed reload once it has stayed that way for `grace` seconds.
+Every distinct bad content is counted and logged once; the previous set keeps serving meanwhile,
+and the next good content is picked up. SIGHUP (`reload(force=True)`) is an explicit request:
+no settle, no grace, and its outcome is always counted.
 """
 
 from __future__ import annotations
@@ -14,16 +24,39 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from fopproxy.certs import CertificateSet, CertificateSource, load_certificate_set, source_digest
-from fopproxy.errors import CertificateError
+from fopproxy.certs import (
+    CertificateSet,
+    CertificateSource,
+    Snapshot,
+    build_certificate_set,
+    read_snapshot,
+)
+from fopproxy.errors import (
+    CertificateError,
+    CertificateParseError,
+    CertificateReadError,
+    ComplianceError,
+    KeyMismatchError,
+)
 from fopproxy.policy import SuiteSelection
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")
 
+# What a rotation that is still under way looks like; anything else is final for that content.
+MAYBE_IN_PROGRESS = (KeyMismatchError, CertificateParseError, CertificateReadError)
+
+DEFAULT_GRACE = 10.0
+MAX_SETTLE = 0.5
+
+
+def settle_delay(interval: float) -> float:
+    """How long content must stay unchanged before it is loaded: short, so a rotation is quick."""
+    return min(MAX_SETTLE, interval / 10)
+
 
 class CertificateStore:
-    """Holds the current CertificateSet; `reload()` replaces it only with a fully valid one."""
+    """Holds the current CertificateSet; replaces it only with a fully valid one."""
 
     def __init__(
         self,
@@ -32,45 +65,105 @@ class CertificateStore:
         selection: SuiteSelection,
         stats: Stats,
         *,
-        pair_grace: float = 10.0,
+        grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sources = tuple(sources)
         self.server_name = server_name
         self.selection = selection
         self.stats = stats
-        self.pair_grace = pair_grace
+        self.grace = grace
         self._clock = clock
         # Raises CertificateError at start: there is no old set to fall back on.
-        self.current: CertificateSet = load_certificate_set(self.sources, server_name, selection)
-        self._failed_digest: str | None = None
-        self._mismatch_since: float | None = None
+        self.current: CertificateSet = build_certificate_set(
+            read_snapshot(self.sources), server_name, selection
+        )
+        # The first load is a successful load too (as Prometheus' own config reload gauge counts).
+        stats.last_reload_success = time.time()
+        self._seen = self.current.digest  # content of the previous look (settle check)
+        self._failed: str | None = None  # content already counted as a failure
+        self._pending: str | None = None  # content in its grace period ...
+        self._pending_since = 0.0  # ... since this clock() time
         self.listeners: list[Callable[[CertificateSet], None]] = []
 
     def get(self) -> CertificateSet:
         return self.current
 
-    def changed(self) -> bool:
-        """Whether the files now differ from both the served set and the last failed attempt."""
-        try:
-            digest = source_digest(self.sources)
-        except OSError:
-            return True  # a file vanished mid-rotation: let reload() report it properly
-        return digest not in (self.current.digest, self._failed_digest)
+    def poll(self) -> bool:
+        """One check of the watcher; True when the files are changing and want a quick re-check."""
+        key, snapshot, error = self._read()
+        if key in (self.current.digest, self._failed):
+            self._seen = key
+            return False
+        if key != self._seen:
+            # Changed since the last look: it may still be being written. Look again shortly.
+            self._seen = key
+            return True
+        self._consider(key, snapshot, error, force=False)
+        return False
 
     def reload(self, *, force: bool = False) -> bool:
-        """Try to load the files; True if a new set is now served."""
-        if not force and not self.changed():
+        """Read the files now and serve them if valid; True if a new set is now served.
+
+        `force` (SIGHUP) rebuilds even unchanged content and reports a failure at once.
+        """
+        key, snapshot, error = self._read()
+        if not force and key in (self.current.digest, self._failed):
             return False
+        self._seen = key
+        return self._consider(key, snapshot, error, force=force)
+
+    def _read(self) -> tuple[str, Snapshot | None, CertificateError | None]:
+        """The content key of the files now: their digest, or what stops them being read."""
         try:
-            new = load_certificate_set(self.sources, self.server_name, self.selection)
-        except CertificateError as exc:
-            return self._failed(str(exc))
-        if new.digest == self.current.digest and not force:
+            snapshot = read_snapshot(self.sources)
+        except CertificateReadError as exc:
+            return f"unreadable: {exc}", None, exc
+        return snapshot.digest, snapshot, None
+
+    def _consider(
+        self, key: str, snapshot: Snapshot | None, error: CertificateError | None, *, force: bool
+    ) -> bool:
+        reason: CertificateError | ComplianceError
+        if snapshot is not None:
+            try:
+                new = build_certificate_set(snapshot, self.server_name, self.selection)
+            except (CertificateError, ComplianceError) as exc:
+                reason = exc
+            else:
+                self._publish(new)
+                return True
+        else:
+            assert error is not None
+            reason = error
+        if not force and isinstance(reason, MAYBE_IN_PROGRESS) and self._in_grace(key, reason):
             return False
+        self._fail(key, reason)
+        return False
+
+    def _in_grace(self, key: str, reason: CertificateError) -> bool:
+        now = self._clock()
+        if key != self._pending:
+            self._pending, self._pending_since = key, now
+            log.info(
+                "certificate files not usable yet, retrying for up to %gs before counting a "
+                "failed reload (a rotation may still be writing them): %s",
+                self.grace,
+                reason,
+            )
+        return now - self._pending_since < self.grace
+
+    def _fail(self, key: str, reason: Exception) -> None:
+        self._pending = None
+        self._failed = key
+        self.stats.reloads["failure"] += 1
+        log.error("certificate reload failed, still serving the previous certificates: %s", reason)
+
+    def _publish(self, new: CertificateSet) -> None:
         self.current = new
-        self._failed_digest = None
-        self._mismatch_since = None
+        self._seen = new.digest
+        self._failed = None
+        self._pending = None
         self.stats.reloads["success"] += 1
         self.stats.last_reload_success = time.time()
         log.info(
@@ -79,33 +172,14 @@ class CertificateStore:
         )
         for listener in self.listeners:
             listener(new)
-        return True
-
-    def _failed(self, reason: str) -> bool:
-        try:
-            digest = source_digest(self.sources)
-        except OSError:
-            digest = None
-        if "does not match" in reason:
-            # Cert and key are often written in two steps: give the second file time to land
-            # before calling the pair broken, so a rotation does not raise a failure alert.
-            now = self._clock()
-            if self._mismatch_since is None:
-                self._mismatch_since = now
-            if now - self._mismatch_since < self.pair_grace:
-                log.info("certificate and key do not match yet, waiting for the pair: %s", reason)
-                return False
-        self._mismatch_since = None
-        self._failed_digest = digest
-        self.stats.reloads["failure"] += 1
-        log.error("certificate reload failed, still serving the previous set: %s", reason)
-        return False
 
 
 async def watch(store: CertificateStore, interval: float, stop: asyncio.Event) -> None:
-    """Poll the files every `interval` seconds until `stop` is set."""
+    """Poll the files every `interval` seconds (sooner while they change) until `stop` is set."""
+    settle = settle_delay(interval)
+    delay = interval
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:
-            store.reload()
+            delay = settle if store.poll() else interval

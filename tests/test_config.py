@@ -39,6 +39,7 @@ def test_example_config_documents_and_loads_every_setting() -> None:
     assert config.tls.certificates[0].cert == REPO / "config" / "tls" / "ecdsa.pem"
     assert config.tls.selection.tls12 == CARD_FOP_TLS12_SUITES
     assert config.metrics.listen == TcpAddress("0.0.0.0", 9100)
+    assert (config.tls.reload_interval, config.tls.reload_grace) == (5.0, 10.0)
 
 
 def test_defaults() -> None:
@@ -164,3 +165,25 @@ def test_not_a_mapping() -> None:
 
 def test_yaml_roundtrip_of_base_is_valid() -> None:
     assert parse_config(yaml.safe_load(yaml.safe_dump(_base())), Path("/")).server_name == "api.example.com"
+
+
+def test_reload_settings_default_and_override() -> None:
+    """reload_interval defaults to 5 s and reload_grace to 10 s; 0 turns the grace off."""
+    config = parse_config(_base(), Path("/etc/fopproxy"))
+    assert (config.tls.reload_interval, config.tls.reload_grace) == (5.0, 10.0)
+    tls = {"certificates": [{"cert": "a.pem", "key": "a.key"}], "reload_interval": 1, "reload_grace": 0}
+    config = parse_config(_base(tls=tls), Path("/etc/fopproxy"))
+    assert (config.tls.reload_interval, config.tls.reload_grace) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, "tls.reload_grace: must be >= 0 and <= 3600 seconds, got -1"),
+        ("10s", "tls.reload_grace: expected a number of seconds, got a string"),
+        (True, "tls.reload_grace: expected a number of seconds, got a boolean"),
+    ],
+)
+def test_bad_reload_grace(value: object, message: str) -> None:
+    tls = {"certificates": [{"cert": "a.pem", "key": "a.key"}], "reload_grace": value}
+    assert _problems(_base(tls=tls)) == [message]
