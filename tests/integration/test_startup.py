@@ -144,7 +144,7 @@ def test_wrong_chain_order_refused(tmp_path: Path, proxy_config: ConfigFactory, 
 def test_broken_pem_refused(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles) -> None:
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-    _cert_error(tmp_path, _with_cert(proxy_config, {"cert": str(bad), "key": str(tls_files.ecdsa.key)}), "not a PEM certificate chain")
+    _cert_error(tmp_path, _with_cert(proxy_config, {"cert": str(bad), "key": str(tls_files.ecdsa.key)}), "no complete PEM certificate in the file")
 
 
 def test_missing_key_file_refused(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles) -> None:
