@@ -23,7 +23,8 @@ COPY deploy/docker/constraints.txt wheels* /src/wheels/
 COPY pyproject.toml README.md /src/
 COPY fopproxy /src/fopproxy
 # Every dependency is pinned by the constraints file (generated from pyproject.toml, see
-# deploy/docker/README.md); all pinned packages ship binary wheels, so no compiler is needed.
+# deploy/docker/lock.sh); all pinned packages ship binary wheels, so no compiler is needed. pip
+# and setuptools leave the venv afterwards: the runtime image installs nothing.
 RUN if [ "${OFFLINE}" = 1 ]; then \
       /opt/fopproxy/bin/pip install --no-index --find-links /src/wheels --only-binary=:all: \
         -c /src/wheels/constraints.txt fopproxy; \
@@ -31,7 +32,8 @@ RUN if [ "${OFFLINE}" = 1 ]; then \
       /opt/fopproxy/bin/pip install --only-binary=:all: -c /src/wheels/constraints.txt /src; \
     fi \
  && /opt/fopproxy/bin/python -m compileall -q /opt/fopproxy/lib \
- && /opt/fopproxy/bin/fopproxy --version
+ && /opt/fopproxy/bin/fopproxy --version \
+ && /opt/fopproxy/bin/python -m pip uninstall -q -y pip setuptools
 
 FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
