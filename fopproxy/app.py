@@ -8,9 +8,10 @@ connections), forwards signals, and replaces a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import uvloop
 
@@ -21,7 +22,9 @@ from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy")
 
-WorkerHook = Callable[[Worker], Awaitable[None]]
+# Something a worker runs next to its listener: entered after the listener is bound, exited
+# after the drain, so it outlives the TLS listener (the metrics listener answers 503 meanwhile).
+WorkerHook = Callable[[Worker], contextlib.AbstractAsyncContextManager[None]]
 
 
 def new_store(config: Config, stats: Stats) -> CertificateStore:
@@ -49,36 +52,47 @@ async def serve_worker(
     worker = Worker(config, store, stats, reuse_port=reuse_port)
     worker.install_signal_handlers(loop)
     try:
-        await worker.start()
-        for hook in hooks:
-            await hook(worker)
-        certs = ", ".join(
-            f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
-            for c in store.current.certificates
-        )
-        log.info(
-            "listening on %s -> %s, profile %s, pid %d, certificates: %s",
-            config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
-        )
-        if ready is not None:
-            ready()
-        return await worker.serve()
+        async with contextlib.AsyncExitStack() as running:
+            await worker.start()
+            for hook in hooks:
+                await running.enter_async_context(hook(worker))
+            certs = ", ".join(
+                f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
+                for c in store.current.certificates
+            )
+            log.info(
+                "listening on %s -> %s, profile %s, pid %d, certificates: %s",
+                config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
+            )
+            if ready is not None:
+                ready()
+            return await worker.serve()
     finally:
         worker.remove_signal_handlers(loop)
 
 
 def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
-    """What each worker starts next to its listener (the metrics listener, where configured)."""
-    del config
-    return ()
+    """What each worker starts next to its listener (the metrics listener, where configured).
+
+    With `workers: N` the supervisor serves metrics (see `run`), so workers get none here.
+    """
+    if config.metrics.listen is None or config.workers > 1:
+        return ()
+    from fopproxy.metrics import serve_metrics
+
+    return (serve_metrics,)
 
 
 def run_worker(
-    config: Config, *, reuse_port: bool = False, ready: Callable[[], None] | None = None
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[], None] | None = None,
+    hooks: tuple[WorkerHook, ...] | None = None,
 ) -> int:
-    return uvloop.run(
-        serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=worker_hooks(config))
-    )
+    if hooks is None:
+        hooks = worker_hooks(config)
+    return uvloop.run(serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=hooks))
 
 
 def run(config: Config) -> int:
@@ -86,6 +100,10 @@ def run(config: Config) -> int:
     new_store(config, Stats())
     if config.workers == 1:
         return run_worker(config)
+    if config.metrics.listen is not None:
+        from fopproxy.metrics import run_supervised
+
+        return run_supervised(config)
     from fopproxy.workers import Supervisor
 
     return Supervisor(config).run()

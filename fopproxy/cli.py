@@ -72,7 +72,7 @@ def _run(config_path: str) -> int:
     try:
         code = run(config)
     except OSError as exc:
-        _error(f"cannot listen on {config.listen}: {exc.strerror or exc}")
+        _error(f"cannot listen on {exc.filename or config.listen}: {exc.strerror or exc}")
         return EXIT_RUNTIME
     return code
 

@@ -19,6 +19,8 @@ HANDSHAKE_ERROR_REASONS = (
     "other",
 )
 BACKEND_ERROR_REASONS = ("refused", "timeout", "unreachable", "dns", "reset", "other")
+REJECT_REASONS = ("limit", "draining")
+RELOAD_RESULTS = ("success", "failure")
 
 # Histogram buckets (seconds) shared with the exposition.
 HANDSHAKE_BUCKETS = (

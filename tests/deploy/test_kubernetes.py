@@ -117,10 +117,11 @@ def test_certificates_are_mounted_so_rotation_reaches_the_proxy(rendered: list[d
     updates, which would defeat hot reload), with the standard tls.crt/tls.key keys."""
     pod = find(rendered, "Deployment")["spec"]["template"]["spec"]
     container = fopproxy_container(rendered)
+    volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in container["volumeMounts"]:
         assert "subPath" not in mount and "subPathExpr" not in mount, mount
-        assert mount.get("readOnly") is True, mount
-    volumes = {v["name"]: v for v in pod["volumes"]}
+        # Only the in-memory /tmp is writable.
+        assert mount.get("readOnly") is True or "emptyDir" in volumes[mount["name"]], mount
     secrets = [
         source["secret"]
         for mount in container["volumeMounts"]
