@@ -197,16 +197,17 @@ def test_container_runs_read_only_as_non_root(docker: Docker, serving: tuple[Con
 
 
 def test_healthz_on_the_metrics_port(serving: tuple[Container, int, int]) -> None:
-    """/healthz answers 200 on the metrics listener of the running container."""
+    """/healthz and /readyz answer 200 on the metrics listener of the running container."""
     if not metrics_in_checkout():
         pytest.skip("this checkout's fopproxy has no metrics listener yet (fopproxy/metrics.py)")
     _, _, metrics_port = serving
     deadline = time.monotonic() + 30
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as response:
-                assert response.status == 200
-                return
+            for path in ("/healthz", "/readyz"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{path}", timeout=5) as response:
+                    assert response.status == 200, path
+            return
         except (urllib.error.URLError, ConnectionError):
             if time.monotonic() > deadline:
                 raise
@@ -215,10 +216,13 @@ def test_healthz_on_the_metrics_port(serving: tuple[Container, int, int]) -> Non
 
 def test_docker_healthcheck_turns_healthy(docker: Docker, image: str, ca: CA, tmp_path: Path) -> None:
     """With the image's defaults (metrics on 9100) in a network namespace of its own, Docker runs
-    the image's HEALTHCHECK and marks the container healthy."""
+    the image's HEALTHCHECK and marks the container healthy; with two workers, so the supervisor's
+    private socket folder works on the read-only root (it lives on the /tmp tmpfs)."""
     if not metrics_in_checkout():
         pytest.skip("this checkout's fopproxy has no metrics listener yet (fopproxy/metrics.py)")
-    config = {"listen": "0.0.0.0:8443", "backend": "127.0.0.1:8080", "metrics": {"listen": "0.0.0.0:9100"}}
+    config = {
+        "listen": "0.0.0.0:8443", "backend": "127.0.0.1:8080", "metrics": {"listen": "0.0.0.0:9100"}, "workers": 2,
+    }
     # Same command, checked every second instead of every 30 s.
     container = Container(docker, image, tmp_path, ca, "none", config, "--health-interval=1s", "--health-start-period=30s")
     try:
