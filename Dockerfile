@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # fopproxy container image: a TLS-terminating sidecar in front of a plain HTTP API.
 #
 #   docker build -t fopproxy .
