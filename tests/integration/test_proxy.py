@@ -118,28 +118,40 @@ def test_curl_through_the_proxy(tmp_path: Path, proxy_config: ConfigFactory, tls
     assert f"sni={SERVER_NAME}" in log
 
 
-def test_64_mib_round_trip_byte_exact(proxy: ProxyProcess, tls_files: TLSFiles) -> None:
-    """64 MiB of random bytes go up and come back through the echo backend unchanged."""
+async def test_64_mib_round_trip_byte_exact(proxy: ProxyProcess, tls_files: TLSFiles) -> None:
+    """64 MiB of random bytes go up and come back through the echo backend unchanged.
+
+    One event loop drives both directions: an SSL socket shared by two threads is not safe
+    (OpenSSL objects must not be read and written concurrently), and would test the client.
+    """
+    import asyncio
+
     size = 64 * 1024 * 1024
     block = os.urandom(1024 * 1024)
     sent_hash = hashlib.sha256()
     received_hash = hashlib.sha256()
-    received = 0
-    ctx = client_context(tls_files.cafile)
-    with tls_connect(proxy.host, proxy.port, ctx, SERVER_NAME, timeout=60) as sock:
-        def sender() -> None:
-            for i in range(64):
-                chunk = bytes([i]) + block[1:]
-                sent_hash.update(chunk)
-                sock.sendall(chunk)
-        thread = threading.Thread(target=sender)
-        thread.start()
+    reader, writer = await asyncio.open_connection(
+        proxy.host, proxy.port, ssl=client_context(tls_files.cafile), server_hostname=SERVER_NAME
+    )
+
+    async def send() -> None:
+        for i in range(64):
+            chunk = bytes([i]) + block[1:]
+            sent_hash.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+
+    async def receive() -> int:
+        received = 0
         while received < size:
-            chunk = sock.recv(1 << 20)
-            assert chunk, "stream ended early"
+            chunk = await reader.read(1 << 20)
+            assert chunk, f"stream ended early after {received} bytes:\n{proxy.log()[-2000:]}"
             received_hash.update(chunk)
             received += len(chunk)
-        thread.join()
+        return received
+
+    _, received = await asyncio.wait_for(asyncio.gather(send(), receive()), timeout=120)
+    writer.close()
     assert received == size
     assert received_hash.hexdigest() == sent_hash.hexdigest()
 
