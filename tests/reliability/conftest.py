@@ -23,10 +23,10 @@ def start_proxy(tmp_path: Path, proxy_config: ConfigFactory) -> Iterator[StartPr
     """`start_proxy(backend_address, nofile=None, **config overrides)`; stopped by PID at teardown."""
     started: list[ProxyProcess] = []
 
-    def start(backend: str, *, nofile: int | None = None, folder: str | None = None, **overrides: Any) -> ProxyProcess:
+    def start(backend: str, *, nofile: int | None = None, soft_nofile_only: bool = False, folder: str | None = None, **overrides: Any) -> ProxyProcess:
         where = tmp_path / (folder or f"proxy{len(started)}")
         where.mkdir(exist_ok=True)
-        proxy = ProxyProcess(where, proxy_config(backend, **overrides), nofile=nofile)
+        proxy = ProxyProcess(where, proxy_config(backend, **overrides), nofile=nofile, soft_nofile_only=soft_nofile_only)
         started.append(proxy)
         return proxy
 

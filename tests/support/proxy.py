@@ -54,7 +54,7 @@ class ProxyProcess:
 
     def __init__(
         self, folder: Path, config: dict[str, Any], *, wait: bool = True, env: dict[str, str] | None = None,
-        nofile: int | None = None,
+        nofile: int | None = None, soft_nofile_only: bool = False,
     ) -> None:
         self.folder = folder
         self.config = config
@@ -68,7 +68,8 @@ class ProxyProcess:
         command = fopproxy_command("-c", str(self.config_path))
         if nofile:
             # Start under that RLIMIT_NOFILE (the fd-exhaustion tests); `exec` keeps the PID.
-            command = ["/bin/sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh", *command]
+            flag = "-Sn" if soft_nofile_only else "-n"
+            command = ["/bin/sh", "-c", f'ulimit {flag} {int(nofile)} && exec "$@"', "sh", *command]
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             command,
             stdout=self._log,
