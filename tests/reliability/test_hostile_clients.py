@@ -102,12 +102,12 @@ def test_slowloris_closed_at_handshake_timeout(start_proxy: StartProxy, echo_ser
     canary = canary_for(proxy)
     hello = client_hello(ctx)
     socks = []
+    started = time.monotonic()
     for index in range(50):
         sock = socket.create_connection((proxy.host, proxy.port), timeout=5)
         if index % 2:
             sock.sendall(hello[: len(hello) // 2])
         socks.append(sock)
-    started = time.monotonic()
     canary.check()  # service goes on while they hang
     for sock in socks:
         closed, _, _ = closed_within(sock, 8)
