@@ -112,6 +112,18 @@ class Relay:
         self.accepting = True
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        self._next_rejection_log = 0.0
+
+    def note_rejected(self, reason: str) -> None:
+        """Log shedding at most once a second: a flood must not become a flood of log lines."""
+        now = self.time()
+        if now >= self._next_rejection_log:
+            self._next_rejection_log = now + 1.0
+            log.warning(
+                "rejecting new connections (%s): %d open, limit %d; %d rejected so far",
+                reason, len(self.active), self.max_connections,
+                self.stats.connections_rejected[reason],
+            )
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
@@ -217,7 +229,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats = relay.stats
         if not relay.accepting or len(relay.active) >= relay.max_connections:
             # Shed before any TLS work: the cheapest refusal is an immediate reset.
-            stats.connections_rejected["draining" if not relay.accepting else "limit"] += 1
+            reason = "draining" if not relay.accepting else "limit"
+            stats.connections_rejected[reason] += 1
+            relay.note_rejected(reason)
             self.state = CLOSED
             self._transport.abort()
             return

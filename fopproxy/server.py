@@ -17,6 +17,11 @@ from collections.abc import Callable
 from fopproxy.config import Config
 from fopproxy.relay import Relay
 from fopproxy.reload import CertificateStore, watch
+from fopproxy.resources import (
+    connection_capacity,
+    raise_nofile_limit,
+    release_memory_after_bursts,
+)
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.server")
@@ -107,12 +112,20 @@ class Worker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        nofile = raise_nofile_limit()
+        capacity = connection_capacity(config.max_connections, nofile)
+        if capacity < config.max_connections:
+            log.warning(
+                "max_connections is %d but the open-file limit (ulimit -n) is %d: serving at most "
+                "%d connections at once (each needs 2 descriptors); raise the limit to serve more",
+                config.max_connections, nofile, capacity,
+            )
         self.relay = Relay(
             loop,
             self.store.get,
             config.backend,
             config.timeouts,
-            config.max_connections,
+            capacity,
             self.stats,
             config.logging.connections,
         )
@@ -129,15 +142,20 @@ class Worker:
             await self.start()
         assert self.server is not None
         assert self.relay is not None
+        relay = self.relay
         watcher = asyncio.create_task(
             watch(self.store, self.config.tls.reload_interval, self._stop), name="cert-watch"
+        )
+        trimmer = asyncio.create_task(
+            release_memory_after_bursts(lambda: len(relay.active), self._stop), name="heap-trim"
         )
         try:
             await self._stop.wait()
         finally:
             code = await self._drain()
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            trimmer.cancel()
+            await asyncio.gather(watcher, trimmer, return_exceptions=True)
         return code
 
     async def _drain(self) -> int:

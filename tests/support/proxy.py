@@ -52,7 +52,10 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.
 class ProxyProcess:
     """A running fopproxy with the given config dict, written to `folder/proxy.yaml`."""
 
-    def __init__(self, folder: Path, config: dict[str, Any], *, wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, folder: Path, config: dict[str, Any], *, wait: bool = True, env: dict[str, str] | None = None,
+        nofile: int | None = None, soft_nofile_only: bool = False,
+    ) -> None:
         self.folder = folder
         self.config = config
         self.config_path = folder / "proxy.yaml"
@@ -62,8 +65,13 @@ class ProxyProcess:
         self.port = int(port)
         self.log_path = folder / "fopproxy.log"
         self._log = self.log_path.open("w")
+        command = fopproxy_command("-c", str(self.config_path))
+        if nofile:
+            # Start under that RLIMIT_NOFILE (the fd-exhaustion tests); `exec` keeps the PID.
+            flag = "-Sn" if soft_nofile_only else "-n"
+            command = ["/bin/sh", "-c", f'ulimit {flag} {int(nofile)} && exec "$@"', "sh", *command]
         self.proc: subprocess.Popen[str] = subprocess.Popen(
-            fopproxy_command("-c", str(self.config_path)),
+            command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,

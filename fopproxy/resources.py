@@ -1,0 +1,92 @@
+"""Process resources the proxy looks after itself: the file-descriptor budget and the heap.
+
+File descriptors: every connection holds two (client and backend). If `max_connections` needs
+more than RLIMIT_NOFILE allows, accepts and backend dials start failing with EMFILE, and libuv
+then sheds new clients silently (it accepts and closes them, so nothing is counted or logged).
+So the worker raises its soft limit to the hard limit, and serves at most what the limit allows,
+shedding the rest through the normal, counted `max_connections` path.
+
+Heap: a burst of handshakes (each SSL object holds tens of KiB) leaves glibc's heap fragmented;
+freed memory stays resident after the burst, so RSS ratchets up with every flood. Once a burst
+is over, `malloc_trim(0)` hands the free pages back. It runs only after the open-connection
+count fell to a quarter of its recent peak, so steady load never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import resource
+from collections.abc import Callable
+
+log = logging.getLogger("fopproxy.resources")
+
+FDS_PER_CONNECTION = 2  # the client socket and the backend socket
+# Listener, epoll, signal pipe, log, certificate reads, metrics listener and scrapes, and the
+# descriptor an accept needs even to shed a connection.
+RESERVED_FDS = 32
+# Largest soft limit we ask for when the hard limit is unlimited (the kernel's default nr_open).
+NOFILE_CEILING = 1 << 20
+
+TRIM_SAMPLE_SECONDS = 0.5
+TRIM_EVERY_SAMPLES = 10
+TRIM_MIN_PEAK = 64
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # e.g. above fs.nr_open: keep what we have
+            log.debug("cannot raise RLIMIT_NOFILE to %d: %s", target, exc)
+        else:
+            soft = target
+    return NOFILE_CEILING if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_capacity(max_connections: int, nofile: int) -> int:
+    """How many connections fit in `nofile` descriptors, capped at `max_connections`."""
+    return max(1, min(max_connections, (nofile - RESERVED_FDS) // FDS_PER_CONNECTION))
+
+
+def _malloc_trim() -> Callable[[], None] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    function = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only (not musl)
+    if function is None:
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+
+    def trim() -> None:
+        function(0)
+
+    return trim
+
+
+async def release_memory_after_bursts(
+    open_connections: Callable[[], int], stop: asyncio.Event
+) -> None:
+    """Until `stop` is set: after a burst of connections has ended, give free heap back."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    peak = 0
+    samples = 0
+    while not stop.is_set():
+        await asyncio.sleep(TRIM_SAMPLE_SECONDS)  # cancelled at shutdown
+        current = open_connections()
+        peak = max(peak, current)
+        samples += 1
+        if samples >= TRIM_EVERY_SAMPLES:
+            samples = 0
+            if peak >= TRIM_MIN_PEAK and current * 4 <= peak:
+                trim()
+                log.debug("burst of %d connections over (%d open): heap trimmed", peak, current)
+            peak = current

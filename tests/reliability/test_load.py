@@ -1,0 +1,183 @@
+"""Load: 2,000 concurrent streams, a flood above max_connections, and running out of descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SERVER_NAME
+from tests.reliability.conftest import NOFILE, StartProxy
+from tests.reliability.support import (
+    AsyncBackend,
+    Canary,
+    closed_within,
+    cpu_seconds,
+    figures,
+    open_fds,
+    rss_kib,
+    wait_until,
+)
+from tests.support.proxy import ProxyProcess
+
+STREAMS = 2000
+PER_STREAM = 32 * 1024
+
+
+async def _open(host: str, port: int, ctx: ssl.SSLContext, gate: asyncio.Semaphore) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with gate:  # at most this many handshakes in flight: the listen backlog stays unfilled
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=SERVER_NAME), 60
+        )
+
+
+async def _stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, start: asyncio.Event, seed: int) -> bool:
+    payload = seed.to_bytes(4, "big") * (PER_STREAM // 4)
+    await start.wait()
+    writer.write(payload)
+    await writer.drain()
+    received = await asyncio.wait_for(reader.readexactly(len(payload)), 120)
+    writer.close()
+    return received == payload
+
+
+async def _round(proxy: ProxyProcess, ctx: ssl.SSLContext, base_fds: int) -> dict[str, float]:
+    """Open STREAMS connections at once, then stream on all of them at the same moment."""
+    gate = asyncio.Semaphore(200)
+    started = time.monotonic()
+    connections = await asyncio.gather(*(_open(proxy.host, proxy.port, ctx, gate) for _ in range(STREAMS)))
+    opened = time.monotonic() - started
+    peak_rss, peak_fds = figures(proxy.pid)
+    start = asyncio.Event()
+    tasks = [asyncio.ensure_future(_stream(r, w, start, i)) for i, (r, w) in enumerate(connections)]
+    await asyncio.sleep(0.1)
+    start.set()
+    results = await asyncio.gather(*tasks)
+    streamed = time.monotonic() - started - opened
+    assert all(results), f"{results.count(False)} streams came back different"
+    assert peak_fds >= base_fds + 2 * STREAMS - 10  # all open at once: client + backend sockets
+    assert await asyncio.to_thread(wait_until, lambda: open_fds(proxy.pid) <= base_fds, 20)
+    await asyncio.sleep(5.5)  # one heap-trim period after the burst
+    end_rss, end_fds = figures(proxy.pid)
+    return {"opened": opened, "streamed": streamed, "peak_rss": peak_rss, "peak_fds": peak_fds,
+            "end_rss": end_rss, "end_fds": end_fds}
+
+
+async def test_2000_concurrent_streams_byte_exact(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """2,000 TLS connections open at once, then all stream 32 KiB up and back at the same moment;
+    twice, and the second round leaves no more memory or descriptors behind than the first."""
+    if NOFILE < 3 * STREAMS:
+        pytest.skip(f"the hard RLIMIT_NOFILE allows only {NOFILE} descriptors; this test needs {3 * STREAMS}")
+    proxy = start_proxy(echo_server.address, timeouts=None)  # the default config
+    base_rss, base_fds = figures(proxy.pid)
+    rounds = [await _round(proxy, ctx, base_fds) for _ in range(2)]
+    for index, r in enumerate(rounds, 1):
+        print(f"round {index}: {STREAMS} concurrent streams opened in {r['opened']:.1f}s, "
+              f"{STREAMS * PER_STREAM * 2 / 2**20:.0f} MiB streamed in {r['streamed']:.1f}s; "
+              f"proxy fds {base_fds} -> {r['peak_fds']} -> {r['end_fds']}, "
+              f"RSS {base_rss} -> {r['peak_rss']} -> {r['end_rss']} KiB")
+    assert rounds[0]["end_fds"] == rounds[1]["end_fds"] == base_fds
+    assert rounds[1]["end_rss"] - rounds[0]["end_rss"] < 4 * 1024, "RSS grew from one round to the next"
+    log = await asyncio.to_thread(proxy.wait_for_log, "reason=done", count=2 * STREAMS)
+    assert "ERROR" not in log
+
+
+def _flood(host: str, port: int, count: int) -> tuple[int, float]:
+    """Open `count` TCP connections and say how many were closed by the proxy within 5 s."""
+    socks = [socket.create_connection((host, port), timeout=5) for _ in range(count)]
+    shed = 0
+    slowest = 0.0
+    for sock in socks:
+        closed, _, seconds = closed_within(sock, 5)
+        shed += closed
+        slowest = max(slowest, seconds)
+        sock.close()
+    return shed, slowest
+
+
+def test_flood_above_max_connections_is_shed(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """50 held connections fill max_connections; a 500-connection flood is reset; service resumes."""
+    proxy = start_proxy(echo_server.address, max_connections=50)
+    held = [Canary(proxy.host, proxy.port, ctx) for _ in range(50)]
+    shed, slowest = _flood(proxy.host, proxy.port, 500)
+    log = proxy.wait_for_log("rejecting new connections (limit)")
+    print(f"flood of 500 over max_connections 50: {shed} shed, slowest close {slowest:.3f}s; "
+          f"{log.count('rejecting new connections')} rate-limited log lines")
+    assert shed == 500
+    assert slowest < 2.0
+    for canary in held:
+        canary.check(4096)
+    for canary in held:
+        canary.close()
+    # Service resumes as soon as the load drops.
+    assert wait_until(lambda: open_fds(proxy.pid) < 20, 5)
+    started = time.monotonic()
+    fresh = Canary(proxy.host, proxy.port, ctx)
+    fresh.check()
+    print(f"after the flood: a new connection served in {time.monotonic() - started:.3f}s")
+    fresh.close()
+    assert proxy.proc.poll() is None
+
+
+def test_out_of_file_descriptors_is_logged_and_survived(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """Under `ulimit -n 64` the proxy warns, sheds 100 clients without spinning, and keeps serving."""
+    proxy = start_proxy(echo_server.address, nofile=64, timeouts={"handshake": 2, "connect": 2, "idle": 60, "drain": 5})
+    log = proxy.log()
+    assert "open-file limit (ulimit -n) is 64: serving at most 16 connections" in log
+    canary = Canary(proxy.host, proxy.port, ctx)
+    canary.check()
+    socks = [socket.create_connection((proxy.host, proxy.port), timeout=5) for _ in range(100)]
+    cpu_before = cpu_seconds(proxy.pid)
+    time.sleep(1.0)
+    cpu_used = cpu_seconds(proxy.pid) - cpu_before
+    rss, fds = figures(proxy.pid)
+    canary.check()
+    log = proxy.wait_for_log("rejecting new connections (limit)")
+    for sock in socks:
+        sock.close()
+    assert wait_until(lambda: open_fds(proxy.pid) <= 16, 6)
+    again = Canary(proxy.host, proxy.port, ctx)
+    again.check()
+    print(f"ulimit -n 64: 100 extra clients, proxy fds peaked at {fds} (limit 64), CPU {cpu_used:.2f}s "
+          f"in 1s while saturated, RSS {rss} KiB; shed lines: {log.count('rejecting new connections')}")
+    assert fds < 64
+    assert cpu_used < 0.5, "the proxy spins while out of descriptors"
+    assert proxy.proc.poll() is None
+    canary.close()
+    again.close()
+
+
+def test_low_soft_fd_limit_is_raised_to_the_hard_limit(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """Started with a soft `ulimit -Sn 64`, the worker raises it itself and serves 200 connections."""
+    proxy = start_proxy(echo_server.address, nofile=64, soft_nofile_only=True, max_connections=1000)
+    limits = Path(f"/proc/{proxy.pid}/limits").read_text()
+    soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+    held = [Canary(proxy.host, proxy.port, ctx) for _ in range(200)]
+    for canary in held:
+        canary.check(1024)
+    print(f"soft limit 64 at start, {soft} after start; 200 connections served")
+    assert int(soft) > 64
+    assert "open-file limit" not in proxy.log()
+    for canary in held:
+        canary.close()
+
+
+def test_sustained_churn_rss_settles(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """Three waves of 300 short connections: RSS after the third is no higher than after the first."""
+    proxy = start_proxy(echo_server.address)
+    after = []
+    for _ in range(3):
+        held = [Canary(proxy.host, proxy.port, ctx) for _ in range(300)]
+        for canary in held:
+            canary.check(1024)
+        for canary in held:
+            canary.close()
+        wait_until(lambda: open_fds(proxy.pid) < 20, 5)
+        time.sleep(5.5)  # one heap-trim period
+        after.append(rss_kib(proxy.pid))
+    print(f"RSS after each of 3 waves of 300 connections: {after} KiB")
+    assert after[2] - after[0] < 4 * 1024
