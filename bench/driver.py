@@ -179,8 +179,14 @@ class Proc:
         argv = pinned(argv, cpus)
         log(f"start {name}: {' '.join(shlex.quote(x) for x in argv)}")
         with (rundir / f"{name}.log").open("ab") as out:
+            # cwd: `python -m` puts it first on sys.path, so it must be the tree under test.
             self.p = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=(env or {}).get("PYTHONPATH", rundir),
             )
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
+from fopproxy.logs import connection_line
 from fopproxy.stats import Stats
 from fopproxy.tls import ServerSSLObject
 
@@ -112,9 +113,36 @@ class Relay:
         self.accepting = True
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        # Before the relay is open, reads are at most one slice: what arrives while the backend
+        # is dialled waits in the incoming BIO, which must stay small.
+        self.small_buffer = self.buffer[:TLS_SLICE]
+        # One timer per listener instead of one per connection phase: creating and cancelling a
+        # loop timer (a libuv handle) per phase cost more than scanning the open connections.
+        self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
+                                                     timeouts.idle) / 4))
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def _sweep(self) -> None:
+        """Expire handshakes, backend dials and idle relays whose time is up."""
+        self._sweeper = None
+        now = self.time()
+        idle = self.timeouts.idle
+        for conn in list(self.active):
+            state = conn.state
+            if state == OPEN:
+                if now - conn._last >= idle:
+                    conn._idle_timeout()
+            elif state != CLOSED and now >= conn._deadline:
+                conn._expired()
+        if self.active:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def _watch(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
 
     def forget(self, conn: ClientConnection) -> None:
         self.active.discard(conn)
@@ -173,6 +201,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_backend_full",
         "_client_done",
         "_connect_task",
+        "_deadline",
         "_in",
         "_last",
         "_out",
@@ -180,7 +209,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_reason",
         "_ssl",
         "_started",
-        "_timer",
         "_transport",
         "backend",
         "backend_done",
@@ -197,7 +225,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.state = HANDSHAKE
         self.backend: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._client_done = False
         self.backend_done = False
@@ -230,11 +257,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._out = ssl.MemoryBIO()
         ctx = relay.certificates().context
         self._ssl = cast(ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True))
-        self._started = relay.time()
-        self._timer = relay.loop.call_later(relay.timeouts.handshake, self._handshake_timeout)
+        self._started = started = relay.time()
+        self._deadline = started + relay.timeouts.handshake
+        if relay._sweeper is None:
+            relay._watch()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.relay.buffer
+        relay = self.relay
+        return relay.buffer if self.state == OPEN else relay.small_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         write = self._in.write
@@ -256,7 +286,11 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._decrypt_to_backend()
         elif state == HANDSHAKE:
             self._handshake()
-        # CONNECTING: bytes wait in the incoming BIO (reading is paused) until the backend is up.
+        elif state == CONNECTING and self._in.pending >= TLS_SLICE and self._transport is not None:
+            # Bytes wait in the incoming BIO until the backend is up; past one slice, stop
+            # reading (backend_made resumes). Not pausing for the usual small first request
+            # saves two epoll updates per connection.
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.state == HANDSHAKE:
@@ -303,17 +337,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.handshakes[(self.version, self.cipher)] += 1
         stats.handshake_duration.observe(relay.time() - self._started)
         self.state = CONNECTING
-        assert self._transport is not None
-        self._transport.pause_reading()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = relay.loop.call_later(relay.timeouts.connect, self._connect_timeout)
+        self._deadline = relay.time() + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
 
-    def _handshake_timeout(self) -> None:
-        self._timer = None
+    def _expired(self) -> None:
+        """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
         if self.state == HANDSHAKE:
             self._handshake_failed("timeout")
+        elif self.state == CONNECTING and self._connect_task is not None:
+            self._connect_task.cancel()
 
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
@@ -345,11 +377,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         relay.stats.backend_connect_duration.observe(relay.time() - started)
 
-    def _connect_timeout(self) -> None:
-        self._timer = None
-        if self.state == CONNECTING and self._connect_task is not None:
-            self._connect_task.cancel()
-
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
         self._connect_task = None
         if self.state != CONNECTING:
@@ -372,11 +399,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.backend = transport
         self.state = OPEN
-        relay = self.relay
-        if self._timer is not None:
-            self._timer.cancel()
-        self._last = relay.time()
-        self._timer = relay.loop.call_later(relay.timeouts.idle, self._idle_check)
+        self._last = self.relay.time()
         if self._in.pending:
             self._decrypt_to_backend()
         if self.state != OPEN:
@@ -526,18 +549,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ---- timers and closing ----------------------------------------------------------------
 
-    def _idle_check(self) -> None:
-        relay = self.relay
-        idle_for = relay.time() - self._last
-        limit = relay.timeouts.idle
-        if idle_for >= limit:
-            self._timer = None
-            self._reason = "idle_timeout"
-            if not self.backend_done:
-                self._send_close_notify()
-            self._close_both()
-        else:
-            self._timer = relay.loop.call_later(limit - idle_for, self._idle_check)
+    def _idle_timeout(self) -> None:
+        """No bytes either way for `timeouts.idle` (called by Relay._sweep)."""
+        self._reason = "idle_timeout"
+        if not self.backend_done:
+            self._send_close_notify()
+        self._close_both()
 
     def _close_both(self) -> None:
         self.state = CLOSED
@@ -579,9 +596,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self not in relay.active:
             return
         self.state = CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
@@ -595,18 +609,17 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.bytes_to_client += self.to_client
         relay.forget(self)
         if relay.log_connections and log.isEnabledFor(logging.INFO):
-            log.info(
+            connection_line(
+                log,
                 "connection closed",
-                extra={
-                    "event": {
-                        "client": self._peer_text(),
-                        "sni": _printable_sni(getattr(self._ssl, "sni", None)),
-                        "version": self.version,
-                        "cipher": self.cipher,
-                        "bytes_to_backend": self.to_backend,
-                        "bytes_to_client": self.to_client,
-                        "duration": round(relay.time() - self._started, 6),
-                        "reason": self._reason,
-                    }
+                {
+                    "client": self._peer_text(),
+                    "sni": _printable_sni(getattr(self._ssl, "sni", None)),
+                    "version": self.version,
+                    "cipher": self.cipher,
+                    "bytes_to_backend": self.to_backend,
+                    "bytes_to_client": self.to_client,
+                    "duration": round(relay.time() - self._started, 6),
+                    "reason": self._reason,
                 },
             )

@@ -39,6 +39,7 @@ func main() {
 	n := flag.Int("n", 5000, "connections to hold open (idle)")
 	up := flag.Int("up", 65536, "bytes to upload per connection (idle)")
 	hold := flag.Duration("hold", 120*time.Second, "longest hold (idle)")
+	total := flag.Int("total", 0, "stop after this many connections (hs; 0: run for -d)")
 	flag.Parse()
 	cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}
 	if *tls13 {
@@ -48,12 +49,12 @@ func main() {
 		idle(*addr, *path, *conc, *n, *up, *hold, cfg)
 		return
 	}
-	handshakes(*addr, *path, *conc, *dur, cfg)
+	handshakes(*addr, *path, *conc, *dur, int64(*total), cfg)
 }
 
-func handshakes(addr, path string, conc int, dur time.Duration, cfg *tls.Config) {
+func handshakes(addr, path string, conc int, dur time.Duration, limit int64, cfg *tls.Config) {
 	req := []byte("GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n")
-	var ok, errs, resumed int64
+	var ok, errs, resumed, started int64
 	var mu sync.Mutex
 	var lats []float64
 	var first error
@@ -68,10 +69,13 @@ func handshakes(addr, path string, conc int, dur time.Duration, cfg *tls.Config)
 			buf := make([]byte, 4096)
 			local := make([]float64, 0, 4096)
 			for time.Now().Before(deadline) {
+				if limit > 0 && atomic.AddInt64(&started, 1) > limit {
+					return
+				}
 				t0 := time.Now()
-				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, cfg)
+				c, err := tls.DialWithDialer(&net.Dialer{Timeout: 30 * time.Second}, "tcp", addr, cfg)
 				if err == nil {
-					c.SetDeadline(time.Now().Add(10 * time.Second))
+					c.SetDeadline(time.Now().Add(30 * time.Second))
 					_, err = c.Write(req)
 					got := 0
 					for err == nil {
