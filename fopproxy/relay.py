@@ -5,7 +5,7 @@ close without sending the alert OpenSSL queued (CPython gh-98078), so a TLS 1.1 
 an EOF instead of `protocol_version`. Driving `SSLObject` over `MemoryBIO` ourselves sends every
 alert before the close, answers close_notify, keeps client half-close, and lets us bound the
 per-connection buffers: network reads land in one buffer shared by every connection of the loop,
-and are fed to the BIOs in slices of at most `TLS_SLICE` bytes, so a BIO (which never shrinks)
+and are fed to the BIOs in slices (`TLS_IN_SLICE`, `TLS_OUT_SLICE`), so a BIO (which never shrinks)
 stays small however large a burst was.
 
 One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
@@ -34,10 +34,15 @@ log = logging.getLogger("fopproxy.conn")
 
 # One network read may fill this much; shared by all connections of a loop, never per connection.
 READ_BUFFER_SIZE = 256 * 1024
-# Largest plaintext fed to SSL_write / ciphertext fed to the incoming BIO at once. 16 KiB is one
-# full TLS record: fewer records (and Python calls) per byte than smaller slices, while each
-# memory BIO stays at about one record resident.
+# Memory BIOs keep their largest size for the life of the connection, so slice sizes decide the
+# resident size: ciphertext is fed to the incoming BIO, and plaintext given to SSL_write (one
+# record each, drained from the outgoing BIO at once), in slices of SMALL_SLICE until the
+# connection has moved BULK_AFTER bytes that way, then in full 16 KiB records. API-sized
+# exchanges keep ≈5 KiB BIOs; bulk transfers get the fewest records and calls per byte (measured
+# trade-off in docs/PERFORMANCE.md). The same idea as dynamic TLS record sizing.
+SMALL_SLICE = 4 * 1024
 TLS_SLICE = 16 * 1024
+BULK_AFTER = 256 * 1024
 # SSL_read returns at most one record's plaintext; asking for more costs nothing.
 SSL_READ_SIZE = 16 * 1024 + 256
 
@@ -115,7 +120,7 @@ class Relay:
         self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
         # Before the relay is open, reads are at most one slice: what arrives while the backend
         # is dialled waits in the incoming BIO, which must stay small.
-        self.small_buffer = self.buffer[:TLS_SLICE]
+        self.small_buffer = self.buffer[:SMALL_SLICE]
         # One timer per listener instead of one per connection phase: creating and cancelling a
         # loop timer (a libuv handle) per phase cost more than scanning the open connections.
         self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
@@ -203,8 +208,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_connect_task",
         "_deadline",
         "_in",
+        "_in_slice",
         "_last",
         "_out",
+        "_out_slice",
         "_peer",
         "_reason",
         "_ssl",
@@ -232,6 +239,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._reason = "done"
         self.to_backend = 0
         self.to_client = 0
+        self._in_slice = SMALL_SLICE
+        self._out_slice = SMALL_SLICE
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -268,15 +277,18 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         write = self._in.write
-        if nbytes <= TLS_SLICE:
+        step = self._in_slice
+        if nbytes <= step:
             write(self.relay.buffer[:nbytes])
             self._advance()
             return
+        if step < TLS_SLICE and self.to_backend >= BULK_AFTER:
+            step = self._in_slice = TLS_SLICE
         view = self.relay.buffer[:nbytes]
-        for offset in range(0, nbytes, TLS_SLICE):
+        for offset in range(0, nbytes, step):
             if self.state == CLOSED:
                 return
-            write(view[offset : offset + TLS_SLICE])
+            write(view[offset : offset + step])
             self._advance()
 
     def _advance(self) -> None:
@@ -286,7 +298,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._decrypt_to_backend()
         elif state == HANDSHAKE:
             self._handshake()
-        elif state == CONNECTING and self._in.pending >= TLS_SLICE and self._transport is not None:
+        elif state == CONNECTING and self._in.pending >= SMALL_SLICE and self._transport:
             # Bytes wait in the incoming BIO until the backend is up; past one slice, stop
             # reading (backend_made resumes). Not pausing for the usual small first request
             # saves two epoll updates per connection.
@@ -417,16 +429,19 @@ class ClientConnection(asyncio.BufferedProtocol):
         out = self._out
         transport = self._transport
         assert transport is not None
+        step = self._out_slice
         try:
-            if nbytes <= TLS_SLICE:
-                write(view[:nbytes])
+            if nbytes <= step:
+                write(view)
                 transport.write(out.read())
                 return
+            if step < TLS_SLICE and self.to_client >= BULK_AFTER:
+                step = self._out_slice = TLS_SLICE
             chunks = []
             offset = 0
             while offset < nbytes:
                 # SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call, so honour the count.
-                offset += write(view[offset : offset + TLS_SLICE])
+                offset += write(view[offset : offset + step])
                 chunks.append(out.read())
             transport.writelines(chunks)
         except ssl.SSLError as exc:
