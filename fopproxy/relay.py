@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -87,9 +88,14 @@ def classify_connect_error(exc: BaseException) -> str:
     return "other"
 
 
+_PLAIN_SNI = re.compile(r"[A-Za-z0-9._*-]{1,253}").fullmatch
+
+
 def _printable_sni(name: str | None) -> str:
     if not name:
         return "-"
+    if _PLAIN_SNI(name):  # the usual case, checked in C
+        return name
     return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
 
 
@@ -279,7 +285,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
         # signatures); calling those directly saves a Python frame per record. Fall back to the
         # public object should a CPython ever not have it.
-        self._tls = getattr(ssl_object, "_sslobj", ssl_object)
+        self._tls: Any = getattr(ssl_object, "_sslobj", ssl_object)
         self._started = started = relay.time()
         self._deadline = started + relay.timeouts.handshake
         if relay._sweeper is None:
@@ -348,7 +354,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
+            self._tls.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -359,14 +365,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._flush()
         relay = self.relay
         stats = relay.stats
-        ssl_object = self._ssl
-        self.version = ssl_object.version() or "-"
-        cipher = ssl_object.cipher()
+        tls = self._tls
+        self.version = tls.version() or "-"
+        cipher = tls.cipher()
         self.cipher = cipher[0] if cipher else "-"
         stats.handshakes[(self.version, self.cipher)] += 1
-        stats.handshake_duration.observe(relay.time() - self._started)
+        now = relay.time()
+        stats.handshake_duration.observe(now - self._started)
         self.state = CONNECTING
-        self._deadline = relay.time() + relay.timeouts.connect
+        self._deadline = now + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
 
     def _expired(self) -> None:
@@ -572,7 +579,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _send_close_notify(self) -> None:
         try:
-            self._ssl.unwrap()
+            self._tls.shutdown()  # SSLObject.unwrap() without its wrapper frame
         except ssl.SSLWantReadError:
             pass  # close_notify written; the peer's answer is not needed to send ours
         except (ssl.SSLError, ValueError) as exc:
