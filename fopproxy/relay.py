@@ -5,8 +5,8 @@ close without sending the alert OpenSSL queued (CPython gh-98078), so a TLS 1.1 
 an EOF instead of `protocol_version`. Driving `SSLObject` over `MemoryBIO` ourselves sends every
 alert before the close, answers close_notify, keeps client half-close, and lets us bound the
 per-connection buffers: network reads land in one buffer shared by every connection of the loop,
-and are fed to the BIOs in slices (`TLS_IN_SLICE`, `TLS_OUT_SLICE`), so a BIO (which never shrinks)
-stays small however large a burst was.
+and are fed to the BIOs in slices (`SMALL_SLICE`, then `TLS_SLICE` for bulk), so a BIO (which
+never shrinks) stays small however large a burst was.
 
 One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
 both ways with backpressure -> close both sides -> one log line + stats.
