@@ -3,15 +3,26 @@
 Connection events carry their fields in `record.event` (a dict built once per connection); the
 formatters render it, so the relay never formats a string that no handler will print.
 Never pass key material, passphrases or payload bytes to a logger.
+
+The connection line is the one log line per connection, so it has a fast path (`connection_line`):
+with the handler `configure_logging` installs, it is formatted straight from the event (no
+LogRecord, no handler locks) and written in batches: at most `FLUSH_DELAY` seconds late, at once
+when `FLUSH_BYTES` are waiting or a record of any other kind is logged (order is kept), and on
+exit. A batch is written with one `write` per at most PIPE_BUF bytes cut at line ends, so lines of
+several workers sharing a pipe never interleave mid-line. Measured: ≈40 µs of CPU per connection
+through `logging`, ≈10 µs this way (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import select
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from fopproxy.config import LoggingConfig
 
@@ -19,10 +30,16 @@ from fopproxy.config import LoggingConfig
 class TextFormatter(logging.Formatter):
     """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed client=... reason=done`."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a connection
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         line = (
-            f"{stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
+            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
             f"{record.getMessage()}"
         )
         event: dict[str, Any] | None = getattr(record, "event", None)
@@ -51,13 +68,130 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, separators=(",", ":"))
 
 
+FLUSH_DELAY = 0.1
+FLUSH_BYTES = 16 * 1024
+PIPE_BUF = getattr(select, "PIPE_BUF", 4096)
+
+
+class BatchingHandler(logging.StreamHandler[TextIO]):
+    """StreamHandler that also takes pre-formatted connection lines and writes them in batches."""
+
+    def __init__(self, stream: TextIO, json_lines: bool) -> None:
+        super().__init__(stream)
+        self.json_lines = json_lines
+        self._pending: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.flush_lines()  # keep the order of lines
+        super().emit(record)
+
+    def connection_line(self, message: str, event: dict[str, Any]) -> None:
+        now = time.time()
+        if self.json_lines:
+            line = json.dumps(
+                {"ts": round(now, 6), "level": "info", "logger": "fopproxy.conn", "msg": message,
+                 **event},
+                separators=(",", ":"),
+            )
+        else:
+            second = int(now)
+            if second != self._second:
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                self._second = second
+            fields = " ".join([f"{key}={value}" for key, value in event.items()])
+            millis = int((now - second) * 1000)
+            line = f"{self._stamp}.{millis:03d}Z INFO fopproxy.conn {message} {fields}"
+        self._pending.append(line + "\n")
+        self._size += len(line) + 1
+        if self._size >= FLUSH_BYTES:
+            self.flush_lines()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush_lines()
+                return
+            self._timer = loop.call_later(FLUSH_DELAY, self.flush_lines)
+
+    def flush_lines(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        lines, self._pending, self._size = self._pending, [], 0
+        stream = self.stream
+        stream.flush()
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file: let it buffer
+            stream.write("".join(lines))
+            stream.flush()
+            return
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", "backslashreplace")
+            if chunk and size + len(data) > PIPE_BUF:
+                _write_all(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            _write_all(fd, b"".join(chunk))
+
+    def flush(self) -> None:
+        self.flush_lines()
+        super().flush()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+            continue
+        except OSError:
+            return  # stderr is gone: dropping a log line must not stop the proxy
+        view = view[written:]
+
+
+def connection_line(logger: logging.Logger, message: str, event: dict[str, Any]) -> None:
+    """Log one connection event at INFO: the fast path when our handler is the only one."""
+    handlers = logging.root.handlers
+    if (
+        len(handlers) == 1
+        and isinstance(handlers[0], BatchingHandler)
+        and not logger.handlers
+        and logger.propagate
+    ):
+        handlers[0].connection_line(message, event)
+        return
+    # makeRecord + handle is what logger.info does, minus findCaller's walk up the stack.
+    logger.handle(
+        logger.makeRecord(
+            logger.name, logging.INFO, __file__, 0, message, (), None, extra={"event": event}
+        )
+    )
+
+
 def configure_logging(config: LoggingConfig) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingHandler(sys.stderr, json_lines=config.format == "json")
     handler.setFormatter(JsonFormatter() if config.format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.level.upper())
+    # Neither formatter prints process or thread names: skip looking them up for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # asyncio logs every reset peer at ERROR with a traceback; those are counted, not errors.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

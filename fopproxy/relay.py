@@ -5,8 +5,8 @@ close without sending the alert OpenSSL queued (CPython gh-98078), so a TLS 1.1 
 an EOF instead of `protocol_version`. Driving `SSLObject` over `MemoryBIO` ourselves sends every
 alert before the close, answers close_notify, keeps client half-close, and lets us bound the
 per-connection buffers: network reads land in one buffer shared by every connection of the loop,
-and are fed to the BIOs in slices of at most `TLS_SLICE` bytes, so a BIO (which never shrinks)
-stays small however large a burst was.
+and are fed to the BIOs in slices (`SMALL_SLICE`, then `TLS_SLICE` for bulk), so a BIO (which
+never shrinks) stays small however large a burst was.
 
 One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
 both ways with backpressure -> close both sides -> one log line + stats.
@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
+from fopproxy.logs import connection_line
 from fopproxy.stats import Stats
 from fopproxy.tls import ServerSSLObject
 
@@ -33,10 +35,15 @@ log = logging.getLogger("fopproxy.conn")
 
 # One network read may fill this much; shared by all connections of a loop, never per connection.
 READ_BUFFER_SIZE = 256 * 1024
-# Largest plaintext fed to SSL_write / ciphertext fed to the incoming BIO at once. 16 KiB is one
-# full TLS record: fewer records (and Python calls) per byte than smaller slices, while each
-# memory BIO stays at about one record resident.
+# Memory BIOs keep their largest size for the life of the connection, so slice sizes decide the
+# resident size: ciphertext is fed to the incoming BIO, and plaintext given to SSL_write (one
+# record each, drained from the outgoing BIO at once), in slices of SMALL_SLICE until the
+# connection has moved BULK_AFTER bytes that way, then in full 16 KiB records. API-sized
+# exchanges keep ≈5 KiB BIOs; bulk transfers get the fewest records and calls per byte (measured
+# trade-off in docs/PERFORMANCE.md). The same idea as dynamic TLS record sizing.
+SMALL_SLICE = 4 * 1024
 TLS_SLICE = 16 * 1024
+BULK_AFTER = 256 * 1024
 # SSL_read returns at most one record's plaintext; asking for more costs nothing.
 SSL_READ_SIZE = 16 * 1024 + 256
 
@@ -81,9 +88,14 @@ def classify_connect_error(exc: BaseException) -> str:
     return "other"
 
 
+_PLAIN_SNI = re.compile(r"[A-Za-z0-9._*-]{1,253}").fullmatch
+
+
 def _printable_sni(name: str | None) -> str:
     if not name:
         return "-"
+    if _PLAIN_SNI(name):  # the usual case, checked in C
+        return name
     return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
 
 
@@ -112,6 +124,14 @@ class Relay:
         self.accepting = True
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        # Before the relay is open, reads are at most one slice: what arrives while the backend
+        # is dialled waits in the incoming BIO, which must stay small.
+        self.small_buffer = self.buffer[:SMALL_SLICE]
+        # One timer per listener instead of one per connection phase: creating and cancelling a
+        # loop timer (a libuv handle) per phase cost more than scanning the open connections.
+        self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
+                                                     timeouts.idle) / 4))
+        self._sweeper: asyncio.TimerHandle | None = None
         self._next_rejection_log = 0.0
 
     def note_rejected(self, reason: str) -> None:
@@ -127,6 +147,31 @@ class Relay:
 
     def protocol_factory(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def _sweep(self) -> None:
+        """Expire handshakes, backend dials and idle relays whose time is up."""
+        self._sweeper = None
+        now = self.time()
+        idle = self.timeouts.idle
+        for conn in list(self.active):
+            state = conn.state
+            if state == OPEN:
+                # Activity is noticed here, from the byte counters, so the relay's hot path
+                # never reads the clock.
+                moved = conn.to_backend + conn.to_client
+                if moved != conn._moved:
+                    conn._moved = moved
+                    conn._last = now
+                elif now - conn._last >= idle:
+                    conn._idle_timeout()
+            elif state != CLOSED and now >= conn._deadline:
+                conn._expired()
+        if self.active:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def _watch(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
 
     def forget(self, conn: ClientConnection) -> None:
         self.active.discard(conn)
@@ -151,19 +196,19 @@ class Relay:
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("buffer", "buffer_updated", "conn")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
+        self.buffer = conn.relay.buffer
+        # Every backend read goes straight to the connection: one Python frame less per read.
+        self.buffer_updated = conn.from_backend  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.backend_made(transport)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.relay.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.from_backend(nbytes)
+        return self.buffer
 
     def eof_received(self) -> bool:
         return self.conn.backend_eof()
@@ -185,14 +230,18 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_backend_full",
         "_client_done",
         "_connect_task",
+        "_deadline",
         "_in",
+        "_in_slice",
         "_last",
+        "_moved",
         "_out",
+        "_out_slice",
         "_peer",
         "_reason",
         "_ssl",
         "_started",
-        "_timer",
+        "_tls",
         "_transport",
         "backend",
         "backend_done",
@@ -209,7 +258,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.state = HANDSHAKE
         self.backend: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._client_done = False
         self.backend_done = False
@@ -217,6 +265,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._reason = "done"
         self.to_backend = 0
         self.to_client = 0
+        self._in_slice = SMALL_SLICE
+        self._out_slice = SMALL_SLICE
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -243,34 +293,53 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         ctx = relay.certificates().context
-        self._ssl = cast(ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True))
-        self._started = relay.time()
-        self._timer = relay.loop.call_later(relay.timeouts.handshake, self._handshake_timeout)
+        self._ssl = ssl_object = cast(
+            ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True)
+        )
+        # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
+        # signatures); calling those directly saves a Python frame per record. Fall back to the
+        # public object should a CPython ever not have it.
+        self._tls: Any = getattr(ssl_object, "_sslobj", ssl_object)
+        self._started = started = relay.time()
+        self._deadline = started + relay.timeouts.handshake
+        if relay._sweeper is None:
+            relay._watch()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.relay.buffer
+        relay = self.relay
+        return relay.buffer if self.state == OPEN else relay.small_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        step = self._in_slice
+        if nbytes <= step and self.state == OPEN:  # the hot path: at most a slice, relaying
+            self._in.write(self.relay.buffer[:nbytes])
+            self._decrypt_to_backend()
+            return
         write = self._in.write
-        if nbytes <= TLS_SLICE:
+        if nbytes <= step:
             write(self.relay.buffer[:nbytes])
             self._advance()
             return
+        if step < TLS_SLICE and self.to_backend >= BULK_AFTER:
+            step = self._in_slice = TLS_SLICE
         view = self.relay.buffer[:nbytes]
-        for offset in range(0, nbytes, TLS_SLICE):
+        for offset in range(0, nbytes, step):
             if self.state == CLOSED:
                 return
-            write(view[offset : offset + TLS_SLICE])
+            write(view[offset : offset + step])
             self._advance()
 
     def _advance(self) -> None:
         state = self.state
         if state == OPEN:
-            self._last = self.relay.time()
             self._decrypt_to_backend()
         elif state == HANDSHAKE:
             self._handshake()
-        # CONNECTING: bytes wait in the incoming BIO (reading is paused) until the backend is up.
+        elif state == CONNECTING and self._in.pending >= SMALL_SLICE and self._transport:
+            # Bytes wait in the incoming BIO until the backend is up; past one slice, stop
+            # reading (backend_made resumes). Not pausing for the usual small first request
+            # saves two epoll updates per connection.
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool:
         if self.state == HANDSHAKE:
@@ -299,7 +368,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _handshake(self) -> None:
         try:
-            self._ssl.do_handshake()
+            self._tls.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -310,24 +379,23 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._flush()
         relay = self.relay
         stats = relay.stats
-        ssl_object = self._ssl
-        self.version = ssl_object.version() or "-"
-        cipher = ssl_object.cipher()
+        tls = self._tls
+        self.version = tls.version() or "-"
+        cipher = tls.cipher()
         self.cipher = cipher[0] if cipher else "-"
         stats.handshakes[(self.version, self.cipher)] += 1
-        stats.handshake_duration.observe(relay.time() - self._started)
+        now = relay.time()
+        stats.handshake_duration.observe(now - self._started)
         self.state = CONNECTING
-        assert self._transport is not None
-        self._transport.pause_reading()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = relay.loop.call_later(relay.timeouts.connect, self._connect_timeout)
+        self._deadline = now + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
 
-    def _handshake_timeout(self) -> None:
-        self._timer = None
+    def _expired(self) -> None:
+        """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
         if self.state == HANDSHAKE:
             self._handshake_failed("timeout")
+        elif self.state == CONNECTING and self._connect_task is not None:
+            self._connect_task.cancel()
 
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
@@ -359,11 +427,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         relay.stats.backend_connect_duration.observe(relay.time() - started)
 
-    def _connect_timeout(self) -> None:
-        self._timer = None
-        if self.state == CONNECTING and self._connect_task is not None:
-            self._connect_task.cancel()
-
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
         self._connect_task = None
         if self.state != CONNECTING:
@@ -386,11 +449,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.backend = transport
         self.state = OPEN
-        relay = self.relay
-        if self._timer is not None:
-            self._timer.cancel()
-        self._last = relay.time()
-        self._timer = relay.loop.call_later(relay.timeouts.idle, self._idle_check)
+        self._last = self.relay.time()
+        self._moved = -1
         if self._in.pending:
             self._decrypt_to_backend()
         if self.state != OPEN:
@@ -401,23 +461,25 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._update_client_reading()
 
     def from_backend(self, nbytes: int) -> None:
-        self._last = self.relay.time()
         self.to_client += nbytes
         view = self.relay.buffer[:nbytes]
-        write = self._ssl.write
+        write = self._tls.write
         out = self._out
         transport = self._transport
         assert transport is not None
+        step = self._out_slice
         try:
-            if nbytes <= TLS_SLICE:
-                write(view[:nbytes])
+            if nbytes <= step:
+                write(view)
                 transport.write(out.read())
                 return
+            if step < TLS_SLICE and self.to_client >= BULK_AFTER:
+                step = self._out_slice = TLS_SLICE
             chunks = []
             offset = 0
             while offset < nbytes:
                 # SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call, so honour the count.
-                offset += write(view[offset : offset + TLS_SLICE])
+                offset += write(view[offset : offset + step])
                 chunks.append(out.read())
             transport.writelines(chunks)
         except ssl.SSLError as exc:
@@ -455,21 +517,23 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ---- relay -----------------------------------------------------------------------------
 
     def _decrypt_to_backend(self) -> None:
-        ssl_object = self._ssl
         incoming = self._in
-        read = ssl_object.read
+        read = self._tls.read
         chunks: list[bytes] = []
         finished = False
         try:
-            while True:
-                data = read(SSL_READ_SIZE)
-                if not data:
-                    # CPython returns b"" (not SSLZeroReturnError) for a clean close_notify.
-                    finished = True
-                    break
+            # One SSL_read returns one whole record (SSL_READ_SIZE is above the largest), so
+            # nothing stays buffered inside OpenSSL: an empty incoming BIO means done, without
+            # asking SSL_pending or waiting for SSLWantReadError.
+            data = read(SSL_READ_SIZE)
+            while data:
                 chunks.append(data)
-                if not incoming.pending and not ssl_object.pending():
+                if not incoming.pending:
                     break
+                data = read(SSL_READ_SIZE)
+            else:
+                # CPython returns b"" (not SSLZeroReturnError) for a clean close_notify.
+                finished = True
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
@@ -485,8 +549,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         backend = self.backend
         if chunks and backend is not None:
             if len(chunks) == 1:
-                self.to_backend += len(chunks[0])
-                backend.write(chunks[0])
+                data = chunks[0]
+                self.to_backend += len(data)
+                backend.write(data)
             else:
                 self.to_backend += sum(map(len, chunks))
                 backend.writelines(chunks)
@@ -528,7 +593,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _send_close_notify(self) -> None:
         try:
-            self._ssl.unwrap()
+            self._tls.shutdown()  # SSLObject.unwrap() without its wrapper frame
         except ssl.SSLWantReadError:
             pass  # close_notify written; the peer's answer is not needed to send ours
         except (ssl.SSLError, ValueError) as exc:
@@ -540,18 +605,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ---- timers and closing ----------------------------------------------------------------
 
-    def _idle_check(self) -> None:
-        relay = self.relay
-        idle_for = relay.time() - self._last
-        limit = relay.timeouts.idle
-        if idle_for >= limit:
-            self._timer = None
-            self._reason = "idle_timeout"
-            if not self.backend_done:
-                self._send_close_notify()
-            self._close_both()
-        else:
-            self._timer = relay.loop.call_later(limit - idle_for, self._idle_check)
+    def _idle_timeout(self) -> None:
+        """No bytes either way for `timeouts.idle` (called by Relay._sweep)."""
+        self._reason = "idle_timeout"
+        if not self.backend_done:
+            self._send_close_notify()
+        self._close_both()
 
     def _close_both(self) -> None:
         self.state = CLOSED
@@ -593,9 +652,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self not in relay.active:
             return
         self.state = CLOSED
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
@@ -609,18 +665,17 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.bytes_to_client += self.to_client
         relay.forget(self)
         if relay.log_connections and log.isEnabledFor(logging.INFO):
-            log.info(
+            connection_line(
+                log,
                 "connection closed",
-                extra={
-                    "event": {
-                        "client": self._peer_text(),
-                        "sni": _printable_sni(getattr(self._ssl, "sni", None)),
-                        "version": self.version,
-                        "cipher": self.cipher,
-                        "bytes_to_backend": self.to_backend,
-                        "bytes_to_client": self.to_client,
-                        "duration": round(relay.time() - self._started, 6),
-                        "reason": self._reason,
-                    }
+                {
+                    "client": self._peer_text(),
+                    "sni": _printable_sni(getattr(self._ssl, "sni", None)),
+                    "version": self.version,
+                    "cipher": self.cipher,
+                    "bytes_to_backend": self.to_backend,
+                    "bytes_to_client": self.to_client,
+                    "duration": round(relay.time() - self._started, 6),
+                    "reason": self._reason,
                 },
             )
