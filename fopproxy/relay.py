@@ -21,6 +21,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
@@ -300,8 +301,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         # signatures); calling those directly saves a Python frame per record. Fall back to the
         # public object should a CPython ever not have it.
         self._tls: Any = getattr(ssl_object, "_sslobj", ssl_object)
-        self._started = started = relay.time()
-        self._deadline = started + relay.timeouts.handshake
+        # Durations use a real clock: uvloop's loop.time() is cached per loop pass in whole
+        # milliseconds, too coarse for handshake and dial histograms. Deadlines stay on it.
+        self._started = perf_counter()
+        self._deadline = relay.time() + relay.timeouts.handshake
         if relay._sweeper is None:
             relay._watch()
 
@@ -384,10 +387,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         cipher = tls.cipher()
         self.cipher = cipher[0] if cipher else "-"
         stats.handshakes[(self.version, self.cipher)] += 1
-        now = relay.time()
-        stats.handshake_duration.observe(now - self._started)
+        stats.handshake_duration.observe(perf_counter() - self._started)
         self.state = CONNECTING
-        self._deadline = now + relay.timeouts.connect
+        self._deadline = relay.time() + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
 
     def _expired(self) -> None:
@@ -411,7 +413,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     async def _connect(self) -> None:
         relay = self.relay
-        started = relay.time()
+        started = perf_counter()
         target = relay.backend
         try:
             if isinstance(target, TcpAddress):
@@ -425,7 +427,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         except (OSError, asyncio.CancelledError) as exc:
             self._connect_failed(classify_connect_error(exc), exc)
             return
-        relay.stats.backend_connect_duration.observe(relay.time() - started)
+        relay.stats.backend_connect_duration.observe(perf_counter() - started)
 
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
         self._connect_task = None
@@ -593,7 +595,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _send_close_notify(self) -> None:
         try:
-            self._tls.shutdown()  # SSLObject.unwrap() without its wrapper frame
+            self._ssl.unwrap()  # once per connection: the public API is worth its frame here
         except ssl.SSLWantReadError:
             pass  # close_notify written; the peer's answer is not needed to send ours
         except (ssl.SSLError, ValueError) as exc:
@@ -675,7 +677,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                     "cipher": self.cipher,
                     "bytes_to_backend": self.to_backend,
                     "bytes_to_client": self.to_client,
-                    "duration": round(relay.time() - self._started, 6),
+                    "duration": round(perf_counter() - self._started, 6),
                     "reason": self._reason,
                 },
             )
