@@ -80,7 +80,10 @@ async def test_2000_concurrent_streams_byte_exact(start_proxy: StartProxy, echo_
               f"{STREAMS * PER_STREAM * 2 / 2**20:.0f} MiB streamed in {r['streamed']:.1f}s; "
               f"proxy fds {base_fds} -> {r['peak_fds']} -> {r['end_fds']}, "
               f"RSS {base_rss} -> {r['peak_rss']} -> {r['end_rss']} KiB")
-    assert rounds[0]["end_fds"] == rounds[1]["end_fds"] == base_fds
+    # No leak: each round ends at or below the start-up count (a fresh process can still hold a
+    # few transient descriptors when the baseline is read, so "equal" would be flaky).
+    assert rounds[0]["end_fds"] <= base_fds
+    assert rounds[1]["end_fds"] <= rounds[0]["end_fds"]
     assert rounds[1]["end_rss"] - rounds[0]["end_rss"] < 4 * 1024, "RSS grew from one round to the next"
     log = await asyncio.to_thread(proxy.wait_for_log, "reason=done", count=2 * STREAMS)
     assert "ERROR" not in log
