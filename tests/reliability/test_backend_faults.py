@@ -201,4 +201,4 @@ def test_backend_faults_leave_no_fds_behind(start_proxy: StartProxy, ctx: ssl.SS
         time.sleep(0.2)
         rss, fds = figures(proxy.pid)
         print(f"200 backend resets: fds {base_fds} -> {fds}, RSS {base_rss} -> {rss} KiB")
-        assert fds == base_fds
+        assert fds <= base_fds  # no leak (the start-up count can include transient fds)

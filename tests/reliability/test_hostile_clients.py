@@ -198,7 +198,7 @@ def test_thousand_half_open_connections(start_proxy: StartProxy, echo_server: As
     log = proxy.log()
     print(f"1000 half-open: fds {base_fds} -> {peak_fds} -> {end_fds}; RSS {base_rss} -> {peak_rss} -> {end_rss} KiB; "
           f"timeouts {log.count('handshake_error:timeout')}, client_eof {log.count('handshake_error:client_eof')}")
-    assert end_fds == base_fds
+    assert end_fds <= base_fds  # no leak (the start-up count can include transient fds)
     assert end_rss - base_rss < 4 * 1024, "the heap was not given back after the burst"
     assert log.count("reason=handshake_error:timeout") + log.count("reason=handshake_error:client_eof") == 1000
     canary.check()

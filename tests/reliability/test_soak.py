@@ -116,6 +116,6 @@ async def test_soak_mixed_traffic_no_growth(start_proxy: StartProxy, ctx: ssl.SS
     assert tally.get("good", 0) > 0
     bad = {k: v for k, v in tally.items() if k.startswith("error:") and k != "error:ConnectionResetError"}
     assert sum(bad.values()) <= total * 0.01, bad
-    assert end_fds == base_fds
+    assert end_fds <= base_fds  # no leak (the start-up count can include transient fds)
     assert end_rss - base_rss < 6 * 1024, "RSS grew across the soak"
     assert proxy.proc.poll() is None
