@@ -318,8 +318,20 @@ class ClientConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         step = self._in_slice
         if nbytes <= step and self.state == OPEN:  # the hot path: at most a slice, relaying
-            self._in.write(self.relay.buffer[:nbytes])
-            self._decrypt_to_backend()
+            incoming = self._in
+            incoming.write(self.relay.buffer[:nbytes])
+            try:
+                data = self._tls.read(SSL_READ_SIZE)
+            except ssl.SSLError as exc:
+                self._read_failed(exc)
+                return
+            backend = self.backend
+            if data and not incoming.pending and backend is not None and not self._out.pending:
+                # One whole record, the usual request: straight on, no further frame.
+                self.to_backend += len(data)
+                backend.write(data)
+                return
+            self._decrypted(data)
             return
         write = self._in.write
         if nbytes <= step:
@@ -556,6 +568,15 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ---- relay -----------------------------------------------------------------------------
 
     def _decrypt_to_backend(self) -> None:
+        try:
+            data = self._tls.read(SSL_READ_SIZE)
+        except ssl.SSLError as exc:
+            self._read_failed(exc)
+            return
+        self._decrypted(data)
+
+    def _decrypted(self, data: bytes) -> None:
+        """Relay the record just read and every further one the incoming BIO holds."""
         incoming = self._in
         read = self._tls.read
         chunks: list[bytes] = []
@@ -564,7 +585,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             # One SSL_read returns one whole record (SSL_READ_SIZE is above the largest), so
             # nothing stays buffered inside OpenSSL: an empty incoming BIO means done, without
             # asking SSL_pending or waiting for SSLWantReadError.
-            data = read(SSL_READ_SIZE)
             while data:
                 chunks.append(data)
                 if not incoming.pending:
@@ -578,12 +598,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         except ssl.SSLZeroReturnError:
             finished = True
         except ssl.SSLError as exc:
-            # A record failed (bad MAC, decode error, renegotiation...): its bytes were never
-            # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
-            self._flush()
-            log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
-            self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
-            self._teardown(abort_backend=True)
+            self._read_failed(exc)
             return
         backend = self.backend
         if chunks and backend is not None:
@@ -598,6 +613,21 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._flush()
         if finished:
             self._client_finished()
+
+    def _read_failed(self, exc: ssl.SSLError) -> None:
+        """SSL_read raised: a partial record (wait), close_notify (EOF), or a bad record."""
+        if isinstance(exc, ssl.SSLWantReadError | ssl.SSLZeroReturnError):
+            if self._out.pending:
+                self._flush()
+            if isinstance(exc, ssl.SSLZeroReturnError):
+                self._client_finished()
+            return
+        # A record failed (bad MAC, decode error, renegotiation...): its bytes were never
+        # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
+        self._flush()
+        log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
+        self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
+        self._teardown(abort_backend=True)
 
     def _flush(self) -> None:
         if self._out.pending and self._transport is not None:
