@@ -22,7 +22,7 @@ import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_line
@@ -279,7 +279,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
-        self._transport = cast("asyncio.Transport", transport)
+        self._transport = transport  # type: ignore[assignment]  # a stream server's: a Transport
         stats = relay.stats
         if not relay.accepting or len(relay.active) >= relay.max_connections:
             # Shed before any TLS work: the cheapest refusal is an immediate reset.
@@ -287,7 +287,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             stats.connections_rejected[reason] += 1
             relay.note_rejected(reason)
             self.state = CLOSED
-            self._transport.abort()
+            transport.abort()  # type: ignore[attr-defined]  # a Transport, see above
             return
         relay.active.add(self)
         stats.connections_accepted += 1
@@ -297,9 +297,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         ctx = relay.certificates().context
-        self._ssl = ssl_object = cast(
-            ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True)
+        # The context's sslobject_class is ServerSSLObject (tls.build_context).
+        ssl_object: ServerSSLObject = ctx.wrap_bio(  # type: ignore[assignment]
+            self._in, self._out, server_side=True
         )
+        self._ssl = ssl_object
         # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
         # signatures); calling those directly saves a Python frame per record. Fall back to the
         # public object should a CPython ever not have it.
@@ -336,7 +338,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         write = self._in.write
         if nbytes <= step:
             write(self.relay.buffer[:nbytes])
-            self._advance()
+            if self.state == HANDSHAKE:  # ClientHello, then the client's second flight
+                self._handshake()
+            else:
+                self._advance()
             return
         if step < TLS_SLICE and self.to_backend >= BULK_AFTER:
             step = self._in_slice = TLS_SLICE
