@@ -20,9 +20,9 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_line
@@ -230,8 +230,10 @@ class ClientConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "_backend_full",
         "_client_done",
-        "_connect_task",
         "_deadline",
+        "_dial",
+        "_dial_started",
+        "_dial_waiter",
         "_in",
         "_in_slice",
         "_last",
@@ -259,7 +261,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.state = HANDSHAKE
         self.backend: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
-        self._connect_task: asyncio.Task[None] | None = None
+        self._dial: Coroutine[Any, Any, Any] | None = None
+        self._dial_waiter: asyncio.Future[Any] | None = None
         self._client_done = False
         self.backend_done = False
         self._backend_full = False
@@ -276,7 +279,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
-        self._transport = cast("asyncio.Transport", transport)
+        self._transport = transport  # type: ignore[assignment]  # a stream server's: a Transport
         stats = relay.stats
         if not relay.accepting or len(relay.active) >= relay.max_connections:
             # Shed before any TLS work: the cheapest refusal is an immediate reset.
@@ -284,7 +287,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             stats.connections_rejected[reason] += 1
             relay.note_rejected(reason)
             self.state = CLOSED
-            self._transport.abort()
+            transport.abort()  # type: ignore[attr-defined]  # a Transport, see above
             return
         relay.active.add(self)
         stats.connections_accepted += 1
@@ -294,9 +297,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         ctx = relay.certificates().context
-        self._ssl = ssl_object = cast(
-            ServerSSLObject, ctx.wrap_bio(self._in, self._out, server_side=True)
+        # The context's sslobject_class is ServerSSLObject (tls.build_context).
+        ssl_object: ServerSSLObject = ctx.wrap_bio(  # type: ignore[assignment]
+            self._in, self._out, server_side=True
         )
+        self._ssl = ssl_object
         # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
         # signatures); calling those directly saves a Python frame per record. Fall back to the
         # public object should a CPython ever not have it.
@@ -315,13 +320,28 @@ class ClientConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         step = self._in_slice
         if nbytes <= step and self.state == OPEN:  # the hot path: at most a slice, relaying
-            self._in.write(self.relay.buffer[:nbytes])
-            self._decrypt_to_backend()
+            incoming = self._in
+            incoming.write(self.relay.buffer[:nbytes])
+            try:
+                data = self._tls.read(SSL_READ_SIZE)
+            except ssl.SSLError as exc:
+                self._read_failed(exc)
+                return
+            backend = self.backend
+            if data and not incoming.pending and backend is not None and not self._out.pending:
+                # One whole record, the usual request: straight on, no further frame.
+                self.to_backend += len(data)
+                backend.write(data)
+                return
+            self._decrypted(data)
             return
         write = self._in.write
         if nbytes <= step:
             write(self.relay.buffer[:nbytes])
-            self._advance()
+            if self.state == HANDSHAKE:  # ClientHello, then the client's second flight
+                self._handshake()
+            else:
+                self._advance()
             return
         if step < TLS_SLICE and self.to_backend >= BULK_AFTER:
             step = self._in_slice = TLS_SLICE
@@ -390,14 +410,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.handshake_duration.observe(perf_counter() - self._started)
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
-        self._connect_task = relay.loop.create_task(self._connect())
+        self._start_dial()
 
     def _expired(self) -> None:
         """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
         if self.state == HANDSHAKE:
             self._handshake_failed("timeout")
-        elif self.state == CONNECTING and self._connect_task is not None:
-            self._connect_task.cancel()
+        elif self.state == CONNECTING:
+            self._cancel_dial()
 
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
@@ -411,26 +431,61 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ---- backend ---------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    def _start_dial(self) -> None:
+        """Dial the backend by stepping the loop's connect coroutine from its future's callback.
+
+        A Task per connection (object, all-tasks WeakSet insertion, a first step scheduled for
+        the next loop pass) cost more than the coroutine it runs: the coroutine protocol
+        (`send` on each awaited future's completion) is all a one-shot dial needs.
+        """
         relay = self.relay
-        started = perf_counter()
         target = relay.backend
+        self._dial_started = perf_counter()
+        if isinstance(target, TcpAddress):
+            dial = relay.loop.create_connection(
+                lambda: BackendProtocol(self), target.host, target.port
+            )
+        else:
+            dial = relay.loop.create_unix_connection(
+                lambda: BackendProtocol(self), str(target.path)
+            )
+        self._dial = dial
+        self._dial_step(None)
+
+    def _dial_step(self, _done: object) -> None:
+        dial = self._dial
+        if dial is None:
+            return
+        self._dial_waiter = None
         try:
-            if isinstance(target, TcpAddress):
-                await relay.loop.create_connection(
-                    lambda: BackendProtocol(self), target.host, target.port
-                )
-            else:
-                await relay.loop.create_unix_connection(
-                    lambda: BackendProtocol(self), str(target.path)
-                )
-        except (OSError, asyncio.CancelledError) as exc:
+            waiter = dial.send(None)
+        except StopIteration:
+            self._dial = None
+            self.relay.stats.backend_connect_duration.observe(perf_counter() - self._dial_started)
+            return
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001  any failed dial ends the connection
+            self._dial = None
             self._connect_failed(classify_connect_error(exc), exc)
             return
-        relay.stats.backend_connect_duration.observe(perf_counter() - started)
+        if waiter is None:  # a bare yield: run again on the next pass
+            self.relay.loop.call_soon(self._dial_step, None)
+            return
+        self._dial_waiter = waiter
+        waiter.add_done_callback(self._dial_step)
+
+    def _cancel_dial(self) -> None:
+        """Like Task.cancel: the awaited future is cancelled, the coroutine then cleans up."""
+        waiter = self._dial_waiter
+        if waiter is not None:
+            waiter.cancel()
+            return
+        dial = self._dial
+        if dial is not None:  # between steps (a bare yield): end it here
+            self._dial = None
+            dial.close()
+            self._connect_failed("timeout", TimeoutError("backend dial cancelled"))
 
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
-        self._connect_task = None
         if self.state != CONNECTING:
             return
         self.relay.stats.backend_connect_errors[reason] += 1
@@ -445,7 +500,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._transport.close()
 
     def backend_made(self, transport: asyncio.Transport) -> None:
-        self._connect_task = None
         if self.state != CONNECTING:  # the client went away while we dialled
             transport.abort()
             return
@@ -519,6 +573,15 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ---- relay -----------------------------------------------------------------------------
 
     def _decrypt_to_backend(self) -> None:
+        try:
+            data = self._tls.read(SSL_READ_SIZE)
+        except ssl.SSLError as exc:
+            self._read_failed(exc)
+            return
+        self._decrypted(data)
+
+    def _decrypted(self, data: bytes) -> None:
+        """Relay the record just read and every further one the incoming BIO holds."""
         incoming = self._in
         read = self._tls.read
         chunks: list[bytes] = []
@@ -527,7 +590,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             # One SSL_read returns one whole record (SSL_READ_SIZE is above the largest), so
             # nothing stays buffered inside OpenSSL: an empty incoming BIO means done, without
             # asking SSL_pending or waiting for SSLWantReadError.
-            data = read(SSL_READ_SIZE)
             while data:
                 chunks.append(data)
                 if not incoming.pending:
@@ -541,12 +603,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         except ssl.SSLZeroReturnError:
             finished = True
         except ssl.SSLError as exc:
-            # A record failed (bad MAC, decode error, renegotiation...): its bytes were never
-            # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
-            self._flush()
-            log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
-            self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
-            self._teardown(abort_backend=True)
+            self._read_failed(exc)
             return
         backend = self.backend
         if chunks and backend is not None:
@@ -561,6 +618,21 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._flush()
         if finished:
             self._client_finished()
+
+    def _read_failed(self, exc: ssl.SSLError) -> None:
+        """SSL_read raised: a partial record (wait), close_notify (EOF), or a bad record."""
+        if isinstance(exc, ssl.SSLWantReadError | ssl.SSLZeroReturnError):
+            if self._out.pending:
+                self._flush()
+            if isinstance(exc, ssl.SSLZeroReturnError):
+                self._client_finished()
+            return
+        # A record failed (bad MAC, decode error, renegotiation...): its bytes were never
+        # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
+        self._flush()
+        log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
+        self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
+        self._teardown(abort_backend=True)
 
     def _flush(self) -> None:
         if self._out.pending and self._transport is not None:
@@ -635,8 +707,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Drop the connection now (drain deadline, fatal error): both sides reset."""
         self._reason = reason
         self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
+        self._cancel_dial()
         if self.backend is not None:
             self.backend.abort()
         if self._transport is not None:
@@ -654,9 +725,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self not in relay.active:
             return
         self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        self._cancel_dial()
         if self.backend is not None:
             if abort_backend:
                 self.backend.abort()
@@ -677,7 +746,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                     "cipher": self.cipher,
                     "bytes_to_backend": self.to_backend,
                     "bytes_to_client": self.to_client,
-                    "duration": round(perf_counter() - self._started, 6),
+                    # Whole microseconds: round(x, 6) goes through a decimal string, this not.
+                    "duration": round((perf_counter() - self._started) * 1e6) / 1e6,
                     "reason": self._reason,
                 },
             )
