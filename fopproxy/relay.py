@@ -20,7 +20,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -230,10 +230,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "_backend_full",
         "_client_done",
+        "_connect_task",
         "_deadline",
-        "_dial",
-        "_dial_started",
-        "_dial_waiter",
         "_in",
         "_in_slice",
         "_last",
@@ -261,8 +259,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.state = HANDSHAKE
         self.backend: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
-        self._dial: Coroutine[Any, Any, Any] | None = None
-        self._dial_waiter: asyncio.Future[Any] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
         self._client_done = False
         self.backend_done = False
         self._backend_full = False
@@ -410,14 +407,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.handshake_duration.observe(perf_counter() - self._started)
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
-        self._start_dial()
+        self._connect_task = relay.loop.create_task(self._connect())
 
     def _expired(self) -> None:
         """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
         if self.state == HANDSHAKE:
             self._handshake_failed("timeout")
-        elif self.state == CONNECTING:
-            self._cancel_dial()
+        elif self.state == CONNECTING and self._connect_task is not None:
+            self._connect_task.cancel()
 
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
@@ -431,61 +428,26 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ---- backend ---------------------------------------------------------------------------
 
-    def _start_dial(self) -> None:
-        """Dial the backend by stepping the loop's connect coroutine from its future's callback.
-
-        A Task per connection (object, all-tasks WeakSet insertion, a first step scheduled for
-        the next loop pass) cost more than the coroutine it runs: the coroutine protocol
-        (`send` on each awaited future's completion) is all a one-shot dial needs.
-        """
+    async def _connect(self) -> None:
         relay = self.relay
+        started = perf_counter()
         target = relay.backend
-        self._dial_started = perf_counter()
-        if isinstance(target, TcpAddress):
-            dial = relay.loop.create_connection(
-                lambda: BackendProtocol(self), target.host, target.port
-            )
-        else:
-            dial = relay.loop.create_unix_connection(
-                lambda: BackendProtocol(self), str(target.path)
-            )
-        self._dial = dial
-        self._dial_step(None)
-
-    def _dial_step(self, _done: object) -> None:
-        dial = self._dial
-        if dial is None:
-            return
-        self._dial_waiter = None
         try:
-            waiter = dial.send(None)
-        except StopIteration:
-            self._dial = None
-            self.relay.stats.backend_connect_duration.observe(perf_counter() - self._dial_started)
-            return
-        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001  any failed dial ends the connection
-            self._dial = None
+            if isinstance(target, TcpAddress):
+                await relay.loop.create_connection(
+                    lambda: BackendProtocol(self), target.host, target.port
+                )
+            else:
+                await relay.loop.create_unix_connection(
+                    lambda: BackendProtocol(self), str(target.path)
+                )
+        except (OSError, asyncio.CancelledError) as exc:
             self._connect_failed(classify_connect_error(exc), exc)
             return
-        if waiter is None:  # a bare yield: run again on the next pass
-            self.relay.loop.call_soon(self._dial_step, None)
-            return
-        self._dial_waiter = waiter
-        waiter.add_done_callback(self._dial_step)
-
-    def _cancel_dial(self) -> None:
-        """Like Task.cancel: the awaited future is cancelled, the coroutine then cleans up."""
-        waiter = self._dial_waiter
-        if waiter is not None:
-            waiter.cancel()
-            return
-        dial = self._dial
-        if dial is not None:  # between steps (a bare yield): end it here
-            self._dial = None
-            dial.close()
-            self._connect_failed("timeout", TimeoutError("backend dial cancelled"))
+        relay.stats.backend_connect_duration.observe(perf_counter() - started)
 
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
+        self._connect_task = None
         if self.state != CONNECTING:
             return
         self.relay.stats.backend_connect_errors[reason] += 1
@@ -500,6 +462,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._transport.close()
 
     def backend_made(self, transport: asyncio.Transport) -> None:
+        self._connect_task = None
         if self.state != CONNECTING:  # the client went away while we dialled
             transport.abort()
             return
@@ -707,7 +670,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         """Drop the connection now (drain deadline, fatal error): both sides reset."""
         self._reason = reason
         self.state = CLOSED
-        self._cancel_dial()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
         if self.backend is not None:
             self.backend.abort()
         if self._transport is not None:
@@ -725,7 +689,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self not in relay.active:
             return
         self.state = CLOSED
-        self._cancel_dial()
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
         if self.backend is not None:
             if abort_backend:
                 self.backend.abort()
