@@ -595,7 +595,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._flush()
         log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
         self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
-        self._teardown(abort_backend=True)
+        self._close_both(abort_backend=True)
 
     def _flush(self) -> None:
         if self._out.pending and self._transport is not None:
@@ -649,22 +649,19 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._send_close_notify()
         self._close_both()
 
-    def _close_both(self) -> None:
+    def _close_both(self, *, abort_backend: bool = False) -> None:
         self.state = CLOSED
-        if self.backend is not None:
-            self.backend.close()
+        self._release_backend(abort=abort_backend)
         if self._transport is not None:
             self._transport.close()
 
-    def _teardown(self, *, abort_backend: bool) -> None:
-        self.state = CLOSED
+    def _release_backend(self, *, abort: bool) -> None:
+        """Reset the backend (it must not mistake a cut stream for a finished one) or close it."""
         if self.backend is not None:
-            if abort_backend:
+            if abort:
                 self.backend.abort()
             else:
                 self.backend.close()
-        if self._transport is not None:
-            self._transport.close()
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (drain deadline, fatal error): both sides reset."""
@@ -692,11 +689,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self._connect_task is not None:
             self._connect_task.cancel()
             self._connect_task = None
-        if self.backend is not None:
-            if abort_backend:
-                self.backend.abort()
-            else:
-                self.backend.close()
+        self._release_backend(abort=abort_backend)
         stats = relay.stats
         stats.bytes_to_backend += self.to_backend
         stats.bytes_to_client += self.to_client
