@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import logging
 import resource
 from collections.abc import Callable
@@ -70,11 +71,23 @@ def _malloc_trim() -> Callable[[], None] | None:
     return trim
 
 
+@functools.cache
+def _process_trim() -> Callable[[], None] | None:
+    return _malloc_trim()
+
+
+def trim_heap() -> None:
+    """Hand free heap pages back to the kernel now (where glibc's malloc_trim exists)."""
+    trim = _process_trim()
+    if trim is not None:
+        trim()
+
+
 async def release_memory_after_bursts(
     open_connections: Callable[[], int], stop: asyncio.Event
 ) -> None:
     """Until `stop` is set: after a burst of connections has ended, give free heap back."""
-    trim = _malloc_trim()
+    trim = _process_trim()
     if trim is None:
         return
     peak = 0
