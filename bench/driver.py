@@ -447,7 +447,12 @@ def run_mem(t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
         assert holder.stdout is not None
         assert holder.stdin is not None
         line = holder.stdout.readline()
+        # Read RSS once the connections are idle: after 1 s (what earlier runs reported) and
+        # after --mem-settle s, long enough for fopproxy's sweep (every second) to free the
+        # buffers of connections quiet for a whole sweep. nginx keeps its buffers either way.
         time.sleep(1.0)
+        rss_1s = rss_kib(pids)
+        time.sleep(max(0.0, a.mem_settle - 1.0))
         rss1 = rss_kib(pids)
         holder.stdin.close()
         holder.wait(60)
@@ -459,6 +464,7 @@ def run_mem(t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
         "rss0_kib": rss0,
         "rss1_kib": rss1,
         "kib_per_conn": (rss1 - rss0) / opened if opened else float("nan"),
+        "kib_per_conn_1s": (rss_1s - rss0) / opened if opened else float("nan"),
         "first_error": j.get("first_error"),
         "p50_ms": j.get("p50_ms"),
         "p99_ms": j.get("p99_ms"),
@@ -532,7 +538,10 @@ def report(
                     f"RATIO mem      {name}/{base}: {mine:.1f} vs {theirs:.1f} KiB per idle TLS "
                     f"connection after {a.mem_bytes // 1024} KiB each way "
                     f"(RSS {med([r['rss0_kib'] for r in rs]) / 1024:.0f}->"
-                    f"{med([r['rss1_kib'] for r in rs]) / 1024:.0f} MiB for {a.mem_conns} conns)"
+                    f"{med([r['rss1_kib'] for r in rs]) / 1024:.0f} MiB for {a.mem_conns} conns, "
+                    f"idle {a.mem_settle:g}s; after 1s: "
+                    f"{med([r['kib_per_conn_1s'] for r in rs]):.1f} vs "
+                    f"{med([r['kib_per_conn_1s'] for r in per[base]]):.1f})"
                 )
                 verdicts.append((f"mem {name}", mine <= theirs, f"{mine:.1f} <= {theirs:.1f} KiB"))
                 print(line)
@@ -600,6 +609,12 @@ def main() -> int:
     ap.add_argument("--wrk-threads", type=int, default=0, help="default: one per load CPU")
     ap.add_argument("--mem-conns", type=int, default=5000)
     ap.add_argument("--mem-bytes", type=int, default=65536)
+    ap.add_argument(
+        "--mem-settle",
+        type=float,
+        default=3.0,
+        help="seconds the mem connections stay idle before RSS is read (also read at 1 s)",
+    )
     ap.add_argument("--nginx-buffer", default="16k", help="nginx-stream proxy_buffer_size")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs fopproxy")
     ap.add_argument("--fopproxy-extra", default="", help="YAML lines appended to fopproxy's config")
