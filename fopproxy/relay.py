@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fopproxy.biomem import bio_releaser
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
-from fopproxy.logs import connection_line
+from fopproxy.logs import connection_closed
 from fopproxy.resources import trim_heap
 from fopproxy.stats import Stats
 from fopproxy.tls import ServerSSLObject
@@ -716,18 +716,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.bytes_to_client += self.to_client
         relay.forget(self)
         if relay.log_connections and log.isEnabledFor(logging.INFO):
-            connection_line(
+            connection_closed(
                 log,
-                "connection closed",
-                {
-                    "client": self._peer_text(),
-                    "sni": _printable_sni(getattr(self._ssl, "sni", None)),
-                    "version": self.version,
-                    "cipher": self.cipher,
-                    "bytes_to_backend": self.to_backend,
-                    "bytes_to_client": self.to_client,
-                    # Whole microseconds: round(x, 6) goes through a decimal string, this not.
-                    "duration": round((perf_counter() - self._started) * 1e6) / 1e6,
-                    "reason": self._reason,
-                },
+                self._peer_text(),
+                _printable_sni(getattr(self._ssl, "sni", None)),
+                self.version,
+                self.cipher,
+                self.to_backend,
+                self.to_client,
+                # Whole microseconds: no float repr (a decimal conversion) per connection.
+                int((perf_counter() - self._started) * 1e6),
+                self._reason,
             )

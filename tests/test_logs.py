@@ -11,9 +11,19 @@ from collections.abc import Iterator
 import pytest
 
 from fopproxy.config import LoggingConfig
-from fopproxy.logs import PIPE_BUF, BatchingHandler, configure_logging, connection_line
+from fopproxy.logs import (
+    CONNECTION_FIELDS,
+    PIPE_BUF,
+    BatchingHandler,
+    configure_logging,
+    connection_closed,
+)
 
-EVENT = {"client": "10.0.0.7:42310", "sni": "api.example.com", "reason": "done"}
+FIELDS = ("10.0.0.7:42310", "api.example.com", "TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", 84, 155, 3_000_250, "done")
+TEXT = (
+    "Z INFO fopproxy.conn connection closed client=10.0.0.7:42310 sni=api.example.com version=TLSv1.2 "
+    "cipher=ECDHE-ECDSA-AES128-GCM-SHA256 bytes_to_backend=84 bytes_to_client=155 duration=3.000250 reason=done"
+)
 
 
 @pytest.fixture
@@ -64,16 +74,14 @@ def test_connection_line_matches_the_text_format_and_keeps_order(pipe_logging: t
     log = logging.getLogger("fopproxy.conn")
 
     async def scenario() -> None:
-        connection_line(log, "connection closed", EVENT)
+        connection_closed(log, *FIELDS)
         assert _drain(fd) == []  # batched, not yet written
         logging.getLogger("fopproxy.server").warning("draining")
 
     asyncio.run(scenario())
     lines = b"".join(_drain(fd)).decode().splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith(
-        "Z INFO fopproxy.conn connection closed client=10.0.0.7:42310 sni=api.example.com reason=done"
-    )
+    assert lines[0].endswith(TEXT)
     assert "WARNING fopproxy.server draining" in lines[1]
 
 
@@ -95,13 +103,13 @@ def test_batched_lines_are_flushed_by_the_loop_and_cut_at_line_ends(
 
     async def scenario() -> None:
         for index in range(60):
-            connection_line(log, "connection closed", {**EVENT, "bytes_to_client": index})
+            connection_closed(log, *FIELDS[:5], index, *FIELDS[6:])
         await asyncio.sleep(0.5)
 
     asyncio.run(scenario())
     text = b"".join(_drain(fd)).decode()
     assert text.count("\n") == 60
-    assert "bytes_to_client=59\n" in text
+    assert "bytes_to_client=59 " in text
     assert len(writes) > 1
     for chunk in writes:
         assert chunk.endswith(b"\n")
@@ -113,8 +121,22 @@ def test_json_connection_line_carries_every_field(pipe_logging: tuple[BatchingHa
     handler, fd = pipe_logging
     _alone(handler)
     handler.json_lines = True
-    connection_line(logging.getLogger("fopproxy.conn"), "connection closed", EVENT)  # no loop: written now
+    connection_closed(logging.getLogger("fopproxy.conn"), *FIELDS)  # no loop: written now
     record = json.loads(b"".join(_drain(fd)))
     assert record["msg"] == "connection closed"
     assert record["logger"] == "fopproxy.conn"
-    assert {key: record[key] for key in EVENT} == EVENT
+    assert {key: record[key] for key in CONNECTION_FIELDS} == {
+        **dict(zip(CONNECTION_FIELDS, FIELDS, strict=True)), "duration": 3.00025
+    }
+
+
+def test_with_other_handlers_the_line_goes_through_logging_with_the_same_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pytest's capture handler makes the fast path step aside: an ordinary record, same event."""
+    with caplog.at_level(logging.INFO, logger="fopproxy.conn"):
+        connection_closed(logging.getLogger("fopproxy.conn"), *FIELDS)
+    (record,) = [r for r in caplog.records if r.name == "fopproxy.conn"]
+    assert record.getMessage() == "connection closed"
+    assert record.event["duration"] == 3.00025  # type: ignore[attr-defined]
+    assert record.event["bytes_to_client"] == 155  # type: ignore[attr-defined]
