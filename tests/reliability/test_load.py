@@ -184,3 +184,44 @@ def test_sustained_churn_rss_settles(start_proxy: StartProxy, echo_server: Async
         after.append(rss_kib(proxy.pid))
     print(f"RSS after each of 3 waves of 300 connections: {after} KiB")
     assert after[2] - after[0] < 4 * 1024
+
+
+IDLE_CONNECTIONS = 1000
+IDLE_TRAFFIC = 64 * 1024
+# Measured ≈18-20 KiB per connection with the idle release, ≈30 without it (docs/PERFORMANCE.md).
+IDLE_KIB_LIMIT = 23
+
+
+async def _carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, size: int, seed: int) -> bool:
+    payload = seed.to_bytes(4, "big") * (size // 4)
+    writer.write(payload)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readexactly(len(payload)), 60) == payload
+
+
+async def test_idle_connections_give_their_buffers_back(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
+    """1,000 connections each carry 64 KiB both ways, then stay open and idle: the proxy's RSS
+    per connection falls to what the TLS state costs, and every connection still relays."""
+    if NOFILE < 3 * IDLE_CONNECTIONS:
+        pytest.skip(f"the hard RLIMIT_NOFILE allows only {NOFILE} descriptors")
+    proxy = start_proxy(echo_server.address, timeouts=None)  # the default config
+    gate = asyncio.Semaphore(200)
+    warm = [await _open(proxy.host, proxy.port, ctx, gate) for _ in range(20)]  # shared buffers, lazy imports
+    assert all([await _carry(r, w, IDLE_TRAFFIC, i) for i, (r, w) in enumerate(warm)])
+    for _, writer in warm:
+        writer.close()
+    await asyncio.sleep(1.5)
+    base = rss_kib(proxy.pid)
+    connections = await asyncio.gather(*(_open(proxy.host, proxy.port, ctx, gate) for _ in range(IDLE_CONNECTIONS)))
+    assert all(await asyncio.gather(*(_carry(r, w, IDLE_TRAFFIC, i) for i, (r, w) in enumerate(connections))))
+    busy = rss_kib(proxy.pid)
+    await asyncio.sleep(3.5)  # quiet for two sweeps (one a second)
+    idle = rss_kib(proxy.pid)
+    per_connection = (idle - base) / IDLE_CONNECTIONS
+    print(f"{IDLE_CONNECTIONS} connections after {IDLE_TRAFFIC // 1024} KiB each way: RSS {base} -> {busy} "
+          f"(just after) -> {idle} KiB (idle 3.5 s): {per_connection:.1f} KiB per idle connection")
+    assert per_connection <= IDLE_KIB_LIMIT
+    # The freed buffers come back on demand: every connection relays again, byte-exact.
+    assert all(await asyncio.gather(*(_carry(r, w, 4096, i) for i, (r, w) in enumerate(connections))))
+    for _, writer in connections:
+        writer.close()
