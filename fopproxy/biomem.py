@@ -19,7 +19,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import ssl
-from pathlib import Path
+
+from fopproxy.tls import loaded_library
 
 _BIO_TYPE_MEM = 1 | 0x0400  # BIO_TYPE_MEM: method 1, a source/sink
 _BIO_C_SET_BUF_MEM = 114
@@ -102,22 +103,10 @@ class BioReleaser:
         return probe.read() == b"abc" and self._pending(pointer) == 0
 
 
-def _loaded_library(fragment: str) -> str | None:
-    try:
-        with Path("/proc/self/maps").open() as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) >= 6 and fragment in fields[5]:
-                    return fields[5]
-    except OSError:
-        return None
-    return None
-
-
 @functools.cache
 def bio_releaser() -> BioReleaser | None:
     """The process's releaser, or None where libcrypto is out of reach or the check fails."""
-    path = _loaded_library("/libcrypto.so")
+    path = loaded_library("/libcrypto.so")
     if path is None:
         return None
     try:

@@ -50,18 +50,32 @@ class _OpenSSL:
         self.ctrl.restype = ctypes.c_long
 
 
-@functools.cache
-def _openssl() -> _OpenSSL | None:
-    """Bind to the libssl that CPython's _ssl module actually loaded (not whatever ld finds)."""
+def loaded_library(fragment: str) -> str | None:
+    """Path of the first library mapped into this process whose path contains `fragment`.
+
+    For binding to the very libssl/libcrypto CPython's _ssl module loaded (not whatever ld finds).
+    """
     try:
         with Path("/proc/self/maps").open() as maps:
             for line in maps:
                 fields = line.split()
-                if len(fields) >= 6 and "/libssl.so" in fields[5]:
-                    return _OpenSSL(fields[5])
-    except (OSError, AttributeError):
+                if len(fields) >= 6 and fragment in fields[5]:
+                    return fields[5]
+    except OSError:
         return None
     return None
+
+
+@functools.cache
+def _openssl() -> _OpenSSL | None:
+    """Bind to the libssl that CPython's _ssl module actually loaded."""
+    path = loaded_library("/libssl.so")
+    if path is None:
+        return None
+    try:
+        return _OpenSSL(path)
+    except (OSError, AttributeError):
+        return None
 
 
 def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _OpenSSL) -> int:

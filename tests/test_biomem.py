@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import ssl
 
@@ -10,7 +9,8 @@ import pytest
 
 from fopproxy import biomem
 from fopproxy.biomem import BioReleaser, bio_releaser
-from tests.conftest import SERVER_NAME, TLSFiles
+from tests.conftest import TLSFiles
+from tests.support.memtls import handshake_in_memory
 
 
 @pytest.fixture
@@ -36,12 +36,6 @@ def test_release_frees_an_empty_bio_and_refuses_one_holding_data(releaser: BioRe
     assert bio.read() == b"after"
 
 
-def _pump(source: ssl.MemoryBIO, sink: ssl.MemoryBIO) -> None:
-    data = source.read()
-    if data:
-        sink.write(data)
-
-
 def test_tls_session_survives_releases_between_records(
     releaser: BioReleaser, tls_files: TLSFiles
 ) -> None:
@@ -49,30 +43,22 @@ def test_tls_session_survives_releases_between_records(
     server_ctx.load_cert_chain(tls_files.ecdsa.cert, tls_files.ecdsa.key)
     client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_ctx.load_verify_locations(tls_files.cafile)
-    bios = [ssl.MemoryBIO() for _ in range(4)]
-    s_in, s_out, c_in, c_out = bios
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=SERVER_NAME)
-    for _ in range(10):
-        for side in (client, server):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        _pump(c_out, s_in)
-        _pump(s_out, c_in)
+    pair = handshake_in_memory(server_ctx, client_ctx)
+    server, client, bios = pair.server, pair.client, pair.bios
     assert server.version() and client.version()
     for _ in range(3):
         payload = os.urandom(48 * 1024)
         sent = 0
         while sent < len(payload):
             sent += client.write(payload[sent:])
-            _pump(c_out, s_in)
+            pair.to_server()
         received = b""
         while len(received) < len(payload):
             received += server.read(65536)
         assert received == payload
         answer = os.urandom(20 * 1024)
         server.write(answer)
-        _pump(s_out, c_in)
+        pair.to_client()
         got = b""
         while len(got) < len(answer):
             got += client.read(65536)
@@ -83,7 +69,7 @@ def test_tls_session_survives_releases_between_records(
 
 
 def test_no_libcrypto_in_reach_means_no_releaser(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(biomem, "_loaded_library", lambda fragment: None)
+    monkeypatch.setattr(biomem, "loaded_library", lambda fragment: None)
     biomem.bio_releaser.cache_clear()
     try:
         assert biomem.bio_releaser() is None
