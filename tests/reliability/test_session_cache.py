@@ -7,25 +7,18 @@ import ssl
 
 from fopproxy.policy import PROFILES, select_suites
 from fopproxy.tls import SESSION_CACHE_SIZE, build_context, limit_session_cache
-from tests.conftest import SERVER_NAME, TLSFiles
+from tests.conftest import TLSFiles
+from tests.support.memtls import handshake_in_memory
 from tests.support.proxy import client_context
 
 
 def _clean_session(server: ssl.SSLContext, client: ssl.SSLContext) -> None:
     """One full handshake and a close_notify exchange, in memory: OpenSSL caches such sessions."""
-    ci, co, si, so = (ssl.MemoryBIO() for _ in range(4))
-    c = client.wrap_bio(ci, co, server_hostname=SERVER_NAME)
-    s = server.wrap_bio(si, so, server_side=True)
-    for _ in range(6):
-        for side in (c, s):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                side.do_handshake()
-        si.write(co.read())
-        ci.write(so.read())
-    for side, inbox, outbox in ((s, ci, so), (c, si, co)):
+    pair = handshake_in_memory(server, client)
+    for side, deliver in ((pair.server, pair.to_client), (pair.client, pair.to_server)):
         with contextlib.suppress(ssl.SSLWantReadError):
             side.unwrap()
-        inbox.write(outbox.read())
+        deliver()
 
 
 def test_session_cache_is_bounded(tls_files: TLSFiles) -> None:
