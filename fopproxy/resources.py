@@ -55,7 +55,9 @@ def connection_capacity(max_connections: int, nofile: int) -> int:
     return max(1, min(max_connections, (nofile - RESERVED_FDS) // FDS_PER_CONNECTION))
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[], None] | None:
+    """glibc's malloc_trim(0), bound once per process; None where there is none."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
@@ -71,14 +73,9 @@ def _malloc_trim() -> Callable[[], None] | None:
     return trim
 
 
-@functools.cache
-def _process_trim() -> Callable[[], None] | None:
-    return _malloc_trim()
-
-
 def trim_heap() -> None:
     """Hand free heap pages back to the kernel now (where glibc's malloc_trim exists)."""
-    trim = _process_trim()
+    trim = _malloc_trim()
     if trim is not None:
         trim()
 
@@ -87,7 +84,7 @@ async def release_memory_after_bursts(
     open_connections: Callable[[], int], stop: asyncio.Event
 ) -> None:
     """Until `stop` is set: after a burst of connections has ended, give free heap back."""
-    trim = _process_trim()
+    trim = _malloc_trim()
     if trim is None:
         return
     peak = 0
