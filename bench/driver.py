@@ -258,10 +258,12 @@ class Target:
             for port, cert in ((self.port_ecdsa, "ecdsa"), (self.port_rsa, "rsa")):
                 conf = rd / f"{tag}-{cert}.yaml"
                 conf.write_text(fopproxy_config(port, cert, a))
+                minimal = self.kind == "minimal"
+                program = [str(HERE / "minimal_relay.py")] if minimal else ["-m", "fopproxy"]
                 self.procs.append(
                     Proc(
                         f"{tag}-{cert}",
-                        [a.python, "-m", "fopproxy", "-c", str(conf)],
+                        [a.python, *program, "-c", str(conf)],
                         a.proxy_cpus,
                         rd,
                         env,
@@ -635,6 +637,11 @@ def main() -> int:
         help="another fopproxy checkout to compare (A/B of relay changes)",
     )
     ap.add_argument("--no-nginx", action="store_true", help="skip nginx-stream (A/B runs only)")
+    ap.add_argument(
+        "--minimal",
+        action="store_true",
+        help="also run bench/minimal_relay.py (py-minimal): the floor of a Python relay",
+    )
     ap.add_argument("--hsload", default=str(HERE / ".work" / "hsload"))
     ap.add_argument("--certs", default=str(HERE / ".work" / "certs"))
     ap.add_argument("--rundir", default=str(HERE / "results" / time.strftime("run-%Y%m%dT%H%M%S")))
@@ -666,6 +673,8 @@ def main() -> int:
     for spec in a.also:
         name, _, src = spec.partition("=")
         targets.append(Target(name, "fopproxy", a, rd, Path(src).resolve()))
+    if a.minimal:
+        targets.append(Target("py-minimal", "minimal", a, rd))
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     backend = Proc(
         "backend",
