@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,12 @@ def start_proxy(tmp_path: Path, proxy_config: ConfigFactory) -> Iterator[StartPr
     """`start_proxy(backend_address, nofile=None, **config overrides)`; stopped by PID at teardown."""
     started: list[ProxyProcess] = []
 
-    def start(backend: str, *, nofile: int | None = None, soft_nofile_only: bool = False, folder: str | None = None, **overrides: Any) -> ProxyProcess:
+    def start(backend: str, *, nofile: int | None = None, soft_nofile_only: bool = False, folder: str | None = None, wrapper: Sequence[str] = (), **overrides: Any) -> ProxyProcess:
         where = tmp_path / (folder or f"proxy{len(started)}")
         where.mkdir(exist_ok=True)
-        proxy = ProxyProcess(where, proxy_config(backend, **overrides), nofile=nofile, soft_nofile_only=soft_nofile_only)
+        proxy = ProxyProcess(
+            where, proxy_config(backend, **overrides), nofile=nofile, soft_nofile_only=soft_nofile_only, wrapper=wrapper
+        )
         started.append(proxy)
         return proxy
 

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class ProxyProcess:
 
     def __init__(
         self, folder: Path, config: dict[str, Any], *, wait: bool = True, env: dict[str, str] | None = None,
-        nofile: int | None = None, soft_nofile_only: bool = False,
+        nofile: int | None = None, soft_nofile_only: bool = False, wrapper: Sequence[str] = (),
     ) -> None:
         self.folder = folder
         self.config = config
@@ -70,6 +71,9 @@ class ProxyProcess:
             # Start under that RLIMIT_NOFILE (the fd-exhaustion tests); `exec` keeps the PID.
             flag = "-Sn" if soft_nofile_only else "-n"
             command = ["/bin/sh", "-c", f'ulimit {flag} {int(nofile)} && exec "$@"', "sh", *command]
+        # A program that runs fopproxy as its child and passes signals on (strace, for fault
+        # injection); `pid` is then the wrapper's.
+        command = [*wrapper, *command]
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             command,
             stdout=self._log,
