@@ -71,8 +71,8 @@ class ProxyProcess:
             # Start under that RLIMIT_NOFILE (the fd-exhaustion tests); `exec` keeps the PID.
             flag = "-Sn" if soft_nofile_only else "-n"
             command = ["/bin/sh", "-c", f'ulimit {flag} {int(nofile)} && exec "$@"', "sh", *command]
-        # A program that runs fopproxy as its child and passes signals on (strace, for fault
-        # injection); `pid` is then the wrapper's.
+        # A program that execs fopproxy in its own process (`strace -D`, for fault injection),
+        # so that `pid`, signals and the exit status stay fopproxy's.
         command = [*wrapper, *command]
         self.proc: subprocess.Popen[str] = subprocess.Popen(
             command,
