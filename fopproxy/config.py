@@ -148,20 +148,24 @@ def _string(value: object) -> str:
     return value.strip()
 
 
-def _seconds(value: object) -> float:
+def _number_of_seconds(value: object) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"expected a number of seconds, got {_kind(value)}")
-    if not 0 < value <= 86400:
-        raise ValueError(f"must be > 0 and <= 86400 seconds, got {value}")
-    return float(value)
+    return value
+
+
+def _seconds(value: object) -> float:
+    seconds = _number_of_seconds(value)
+    if not 0 < seconds <= 86400:
+        raise ValueError(f"must be > 0 and <= 86400 seconds, got {seconds}")
+    return float(seconds)
 
 
 def _grace_seconds(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number of seconds, got {_kind(value)}")
-    if not 0 <= value <= 3600:
-        raise ValueError(f"must be >= 0 and <= 3600 seconds, got {value}")
-    return float(value)
+    seconds = _number_of_seconds(value)
+    if not 0 <= seconds <= 3600:
+        raise ValueError(f"must be >= 0 and <= 3600 seconds, got {seconds}")
+    return float(seconds)
 
 
 def _positive_int(limit: int) -> Callable[[object], int]:
