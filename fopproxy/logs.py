@@ -18,6 +18,7 @@ dict; ≈15k this way (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -29,20 +30,19 @@ from typing import Any, TextIO
 from fopproxy.config import LoggingConfig
 
 
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    """`2026-11-29T12:00:00` for a Unix second: strftime once a second, not once a line."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 class TextFormatter(logging.Formatter):
     """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed client=... reason=done`."""
 
-    _second = -1
-    _stamp = ""
-
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:  # strftime once a second, not once a connection
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
         line = (
-            f"{self._stamp}.{int(record.msecs):03d}Z {record.levelname} {record.name} "
-            f"{record.getMessage()}"
+            f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z {record.levelname} "
+            f"{record.name} {record.getMessage()}"
         )
         event: dict[str, Any] | None = getattr(record, "event", None)
         if event:
@@ -110,8 +110,6 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         self._pending: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._stamp = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         self.flush_lines()  # keep the order of lines
@@ -131,12 +129,9 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
             line = json.dumps(payload, separators=(",", ":")) + "\n"
         else:
             second = int(now)
-            if second != self._second:
-                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-                self._second = second
             seconds, fraction = divmod(micros, 1_000_000)
             line = _CONNECTION_TEXT % (
-                self._stamp, int((now - second) * 1000), client, sni, version, cipher,
+                _utc_second(second), int((now - second) * 1000), client, sni, version, cipher,
                 to_backend, to_client, seconds, fraction, reason,
             )
         self._pending.append(line)
