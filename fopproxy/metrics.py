@@ -284,19 +284,29 @@ def take_snapshot(worker: Worker, started: float) -> Snapshot:
 # ---- the collector -------------------------------------------------------------------------
 
 
-def _with_zeros(counts: Mapping[str, int], fixed: Iterable[str]) -> dict[str, int]:
-    """Every reason of the fixed set appears (at 0), so alerts see a series before the event."""
-    return {**dict.fromkeys(fixed, 0), **counts}
+def _counter_by(
+    name: str, documentation: str, label: str, counts: Mapping[str, int], fixed: Iterable[str]
+) -> CounterMetricFamily:
+    """A counter with one bounded label; every value of the fixed set appears (at 0), so alerts
+    see a series before the event."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in {**dict.fromkeys(fixed, 0), **counts}.items():
+        family.add_metric([value], count)
+    return family
 
 
-def _buckets(bounds: tuple[float, ...], data: HistogramData) -> list[tuple[str, float]]:
+def _histogram_family(
+    name: str, documentation: str, bounds: tuple[float, ...], data: HistogramData
+) -> HistogramMetricFamily:
     buckets: list[tuple[str, float]] = []
     running = 0
     for bound, count in zip(bounds, data.counts, strict=False):
         running += count
         buckets.append((repr(float(bound)), running))
     buckets.append(("+Inf", running + data.counts[-1]))
-    return buckets
+    family = HistogramMetricFamily(name, documentation)
+    family.add_metric([], buckets, data.sum)
+    return family
 
 
 BUILD_LABELS = {
@@ -334,21 +344,15 @@ class FopproxyCollector(Collector):
         for (version, cipher), count in sorted(snap.handshakes.items()):
             handshakes.add_metric([version, cipher], count)
         yield handshakes
-        errors = CounterMetricFamily(
+        yield _counter_by(
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
-            labels=["reason"],
+            "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
         )
-        for reason, count in _with_zeros(snap.handshake_errors, HANDSHAKE_ERROR_REASONS).items():
-            errors.add_metric([reason], count)
-        yield errors
-        duration = HistogramMetricFamily(
+        yield _histogram_family(
             "fopproxy_tls_handshake_duration_seconds",
             "Time from accept to a completed TLS handshake",
+            HANDSHAKE_BUCKETS, snap.handshake_duration,
         )
-        duration.add_metric(
-            [], _buckets(HANDSHAKE_BUCKETS, snap.handshake_duration), snap.handshake_duration.sum
-        )
-        yield duration
 
     @staticmethod
     def _connections(snap: Snapshot) -> Iterator[Metric]:
@@ -356,13 +360,10 @@ class FopproxyCollector(Collector):
             "fopproxy_connections_active", "Client connections open now",
             value=snap.connections_active,
         )
-        rejected = CounterMetricFamily(
+        yield _counter_by(
             "fopproxy_connections_rejected", "Connections refused before TLS, by reason",
-            labels=["reason"],
+            "reason", snap.connections_rejected, REJECT_REASONS,
         )
-        for reason, count in _with_zeros(snap.connections_rejected, REJECT_REASONS).items():
-            rejected.add_metric([reason], count)
-        yield rejected
         traffic = CounterMetricFamily(
             "fopproxy_bytes", "Plaintext bytes relayed, by direction", labels=["direction"]
         )
@@ -372,22 +373,14 @@ class FopproxyCollector(Collector):
 
     @staticmethod
     def _backend(snap: Snapshot) -> Iterator[Metric]:
-        errors = CounterMetricFamily(
+        yield _counter_by(
             "fopproxy_backend_connect_errors", "Failed backend connection attempts by reason",
-            labels=["reason"],
+            "reason", snap.backend_connect_errors, BACKEND_ERROR_REASONS,
         )
-        counts = _with_zeros(snap.backend_connect_errors, BACKEND_ERROR_REASONS)
-        for reason, count in counts.items():
-            errors.add_metric([reason], count)
-        yield errors
-        duration = HistogramMetricFamily(
-            "fopproxy_backend_connect_duration_seconds", "Time to connect to the backend"
+        yield _histogram_family(
+            "fopproxy_backend_connect_duration_seconds", "Time to connect to the backend",
+            CONNECT_BUCKETS, snap.backend_connect_duration,
         )
-        duration.add_metric(
-            [], _buckets(CONNECT_BUCKETS, snap.backend_connect_duration),
-            snap.backend_connect_duration.sum,
-        )
-        yield duration
 
     @staticmethod
     def _certificates(snap: Snapshot) -> Iterator[Metric]:
@@ -406,13 +399,10 @@ class FopproxyCollector(Collector):
             not_before.add_metric(values, cert.not_before)
         yield not_after
         yield not_before
-        reloads = CounterMetricFamily(
+        yield _counter_by(
             "fopproxy_certificate_reloads", "Certificate reload attempts by result",
-            labels=["result"],
+            "result", snap.reloads, RELOAD_RESULTS,
         )
-        for result, count in _with_zeros(snap.reloads, RELOAD_RESULTS).items():
-            reloads.add_metric([result], count)
-        yield reloads
         yield GaugeMetricFamily(
             "fopproxy_certificate_last_reload_success_timestamp_seconds",
             "When the served certificates were last loaded successfully (start included), "
