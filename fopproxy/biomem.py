@@ -20,7 +20,7 @@ import ctypes
 import functools
 import ssl
 
-from fopproxy.tls import loaded_library
+from fopproxy.tls import bind_loaded_library
 
 _BIO_TYPE_MEM = 1 | 0x0400  # BIO_TYPE_MEM: method 1, a source/sink
 _BIO_C_SET_BUF_MEM = 114
@@ -106,11 +106,5 @@ class BioReleaser:
 @functools.cache
 def bio_releaser() -> BioReleaser | None:
     """The process's releaser, or None where libcrypto is out of reach or the check fails."""
-    path = loaded_library("/libcrypto.so")
-    if path is None:
-        return None
-    try:
-        releaser = BioReleaser(path)
-    except (OSError, AttributeError):
-        return None
-    return releaser if releaser.verify() else None
+    releaser = bind_loaded_library("/libcrypto.so", BioReleaser)
+    return releaser if releaser is not None and releaser.verify() else None

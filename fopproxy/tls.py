@@ -12,9 +12,12 @@ import functools
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
+
+T = TypeVar("T")
 
 # Options that must be on for every context we serve from.
 REQUIRED_OPTIONS = (
@@ -66,16 +69,22 @@ def loaded_library(fragment: str) -> str | None:
     return None
 
 
-@functools.cache
-def _openssl() -> _OpenSSL | None:
-    """Bind to the libssl that CPython's _ssl module actually loaded."""
-    path = loaded_library("/libssl.so")
+def bind_loaded_library(fragment: str, bind: Callable[[str], T]) -> T | None:
+    """`bind(path)` for the loaded library whose path contains `fragment`; None where there is
+    none, or where it cannot be opened or lacks a symbol `bind` looks up."""
+    path = loaded_library(fragment)
     if path is None:
         return None
     try:
-        return _OpenSSL(path)
+        return bind(path)
     except (OSError, AttributeError):
         return None
+
+
+@functools.cache
+def _openssl() -> _OpenSSL | None:
+    """Bind to the libssl that CPython's _ssl module actually loaded."""
+    return bind_loaded_library("/libssl.so", _OpenSSL)
 
 
 def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _OpenSSL) -> int:
