@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.support.proxy import stop_process
 
 CACHE = Path(os.environ.get("FOPPROXY_TEST_CACHE", "/var/cache/fopproxy-test"))
 DEBIAN_MIRROR = os.environ.get("FOPPROXY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -87,13 +88,7 @@ class Docker:
 
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after 30 s; then unmount what it left under its exec root."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, timeout=30, kill_after=10)
         self._log.close()
         exec_root = str(self.workdir / "exec")
         with Path("/proc/mounts").open() as mounts:

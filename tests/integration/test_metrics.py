@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVER_NAME, ConfigFactory, TLSFiles
 from tests.support.backends import ThreadedBackend, free_port
-from tests.support.proxy import ProxyProcess, client_context, tls_connect
+from tests.support.proxy import ProxyProcess, client_context, stop_process, tls_connect
 
 # Successful handshakes the tests make: suite -> count (one ECDSA and one RSA suite).
 SUITES = {"ECDHE-ECDSA-AES128-GCM-SHA256": 3, "ECDHE-RSA-CHACHA20-POLY1305": 2}
@@ -340,12 +340,7 @@ def prometheus_server(tmp_path: Path) -> Iterator[Any]:
         yield server
     finally:
         if server.proc is not None:
-            server.proc.terminate()
-            try:
-                server.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                server.proc.kill()
-                server.proc.wait(5)
+            stop_process(server.proc, timeout=15)
             server.log.close()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.backends import free_port
-from tests.support.proxy import wait_for_port
+from tests.support.proxy import stop_process, wait_for_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SIX = (
@@ -83,13 +83,7 @@ http {{
         return path.read_text() if path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT, timeout=10)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

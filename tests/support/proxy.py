@@ -37,6 +37,18 @@ def run_cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.Comple
     )
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 30.0, kill_after: float = 5.0) -> int:
+    """Signal `proc` (by PID), wait up to `timeout` s, then SIGKILL it; returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(kill_after)
+    return proc.returncode
+
+
 def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -117,15 +129,9 @@ class ProxyProcess:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        code = stop_process(self.proc, timeout=timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def __enter__(self) -> ProxyProcess:
         return self
