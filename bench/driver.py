@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,39 +133,32 @@ def children_map() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pids(root: int) -> list[int]:
+def tree_texts(roots: list[int], name: str) -> Iterator[str]:
+    """/proc/<pid>/<name> of every process under `roots` (the roots included), one /proc scan."""
     kids = children_map()
-    out, todo = [], [root]
+    todo = list(roots)
     while todo:
         pid = todo.pop()
-        out.append(pid)
         todo.extend(kids.get(pid, []))
-    return out
+        try:
+            yield Path(f"/proc/{pid}/{name}").read_text()
+        except OSError:
+            continue
 
 
 def cpu_seconds(roots: list[int]) -> float:
     total = 0
-    for root in roots:
-        for pid in tree_pids(root):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    for stat in tree_texts(roots, "stat"):
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime, all threads
     return total / TICK
 
 
 def rss_kib(roots: list[int]) -> int:
     total = 0
-    for root in roots:
-        for pid in tree_pids(root):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-            total += int(match.group(1)) if match else 0
+    for status in tree_texts(roots, "status"):
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        total += int(match.group(1)) if match else 0
     return total
 
 
