@@ -491,9 +491,10 @@ def run_one(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> d
 # ---- report --------------------------------------------------------------------------------
 
 
-def med(xs: list[float]) -> float:
-    xs = [x for x in xs if x is not None and x == x]
-    return statistics.median(xs) if xs else float("nan")
+def med(xs: list[float | None]) -> float:
+    """Median of what was measured: missing (None) and NaN values are left out."""
+    present = [x for x in xs if x is not None and x == x]
+    return statistics.median(present) if present else float("nan")
 
 
 def report(
