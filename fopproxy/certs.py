@@ -510,8 +510,3 @@ def load_certificate_set(
 ) -> CertificateSet:
     """Read, validate and build; CertificateError names `tls.certificates[i]` and the problem."""
     return build_certificate_set(read_snapshot(sources), server_name, selection, now)
-
-
-def source_digest(sources: Sequence[CertificateSource]) -> str:
-    """Digest of the files' current content, the same way `load_certificate_set` computes it."""
-    return read_snapshot(sources).digest
