@@ -276,7 +276,7 @@ def take_snapshot(worker: Worker, started: float) -> Snapshot:
         reloads=dict(stats.reloads),
         # The initial load is a successful load too: without it a fresh process reads as 1970.
         last_reload_success=stats.last_reload_success or started,
-        certificates=certificate_infos(worker.store.current),
+        certificates=certificate_infos(worker.store.current) if worker.store else (),
         ready=worker.ready,
     )
 

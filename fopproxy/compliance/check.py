@@ -35,6 +35,10 @@ def check_file(path: str | Path, now: datetime | None = None) -> Report:
 
 def check_config(config: Config, now: datetime | None = None) -> Report:
     moment = now or datetime.now(UTC)
+    if config.tls is None or config.server_name is None:
+        from fopproxy.outbound.audit import outbound_report
+
+        return outbound_report(config, moment)
     selection = config.tls.selection
     report = Report(
         "check",
@@ -47,9 +51,10 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
     report.add(*_policy_results(selection))
     key_types: list[str] = []
     certificates: list[dict[str, object]] = []
+    server_name = config.server_name
     for index, source in enumerate(config.tls.certificates):
         subject = f"tls.certificates[{index}]"
-        results, key_type, described = _certificate(subject, source, config.server_name, moment)
+        results, key_type, described = _certificate(subject, source, server_name, moment)
         report.add(*results)
         if key_type is not None:
             key_types.append(key_type)
@@ -67,6 +72,10 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
             certificates.append({"role": subject, "cert": str(source.cert), **described})
     report.add(_coverage_result(selection, key_types))
     report.add(_startup_result(config, moment))
+    if config.outbound:
+        from fopproxy.outbound.audit import outbound_results
+
+        report.add(*outbound_results(config, moment))
     report.facts = {
         "tls12_suites": list(selection.tls12),
         "tls13_suites": list(selection.tls13) if _serves_tls13(selection) else [],
@@ -204,6 +213,8 @@ def _coverage_result(selection: SuiteSelection, key_types: list[str]) -> Result:
 
 def _startup_result(config: Config, now: datetime) -> Result:
     """Run the start-up path itself, so `check` can never pass what `run` would refuse."""
+    assert config.tls is not None
+    assert config.server_name is not None
     try:
         load_certificate_set(config.tls.certificates, config.server_name, config.tls.selection, now)
     except (CertificateError, ComplianceError) as exc:

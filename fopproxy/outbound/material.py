@@ -1,0 +1,316 @@
+"""Trust and client-certificate files of an outbound: read once, validated, built, hot-reloaded.
+
+The same contract as the served certificates (certs.py, reload.py): everything is built from one
+read of the files (the context is handed exactly the bytes that were validated), a new build is
+published with one reference swap, a broken file leaves the previous build in use, and reloads
+count in the same `fopproxy_certificate_reloads_total`. A half-written rotation (key not matching
+yet, file cut short or missing) gets the same grace period before it counts as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import certifi
+from cryptography import x509
+
+from fopproxy.certs import (
+    MIN_RSA_BITS,
+    _memory_files,
+    chain_order_problem,
+    describe_key,
+    parse_chain,
+    parse_private_key,
+    public_key_der,
+    weak_signature_problem,
+)
+from fopproxy.errors import (
+    CertificateError,
+    CertificateParseError,
+    CertificateReadError,
+    ComplianceError,
+    KeyMismatchError,
+)
+from fopproxy.outbound.context import ClientChain, ClientPolicy, build_client_context
+from fopproxy.outbound.model import OutboundConfig
+from fopproxy.stats import Stats
+
+log = logging.getLogger("fopproxy.reload")
+
+MAYBE_IN_PROGRESS = (KeyMismatchError, CertificateParseError, CertificateReadError)
+
+
+@dataclass(frozen=True)
+class ClientCertificateInfo:
+    """What the metrics and logs say about a client certificate (never the key)."""
+
+    label: str
+    serial_hex: str
+    key_type: str
+    not_before: datetime
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class Files:
+    """The bytes of an outbound's files at one moment, and a digest naming that content."""
+
+    trust_pem: bytes = field(repr=False)
+    cert_pem: bytes | None = field(repr=False)
+    key_pem: bytes | None = field(repr=False)
+    password: bytes | None = field(repr=False)
+    digest: str
+
+
+class OutboundTLS:
+    """One validated build: the client context, and the session to resume with it.
+
+    Sessions belong to a context (OpenSSL refuses one from another), so the cached session lives
+    here and a reload starts afresh. One slot per outbound: every connection of an outbound goes
+    to the same server name, so the newest session is the one worth offering.
+    """
+
+    __slots__ = ("client", "context", "digest", "session", "trust_count")
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        digest: str,
+        trust_count: int,
+        client: ClientCertificateInfo | None,
+    ) -> None:
+        self.context = context
+        self.digest = digest
+        self.trust_count = trust_count
+        self.client = client
+        self.session: ssl.SSLSession | None = None
+
+
+def read_files(entry: OutboundConfig) -> Files:
+    """Read the trust file (or certifi's bundle) and the client pair; errors name the key."""
+    trust_path = Path(certifi.where()) if entry.trust is None else entry.trust
+    try:
+        trust_pem = trust_path.read_bytes()
+    except OSError as exc:
+        raise CertificateReadError(
+            f"{entry.key}.trust: cannot read {exc.filename}: {exc.strerror}"
+        ) from None
+    cert_pem = key_pem = password = None
+    source = entry.client_certificate
+    if source is not None:
+        try:
+            cert_pem = source.cert.read_bytes()
+            key_pem = source.key.read_bytes()
+            if source.passphrase_file is not None:
+                password = source.passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise CertificateReadError(
+                f"{entry.key}.client_certificate: cannot read {exc.filename}: {exc.strerror}"
+            ) from None
+    hasher = hashlib.sha256()
+    for blob in (trust_pem, cert_pem or b"", key_pem or b"", password or b""):
+        hasher.update(hashlib.sha256(blob).digest())
+    return Files(trust_pem, cert_pem, key_pem, password, hasher.hexdigest())
+
+
+def validate_trust(entry: OutboundConfig, data: bytes) -> tuple[x509.Certificate, ...]:
+    """The trusted certificates: at least one, every PEM block complete."""
+    where = f"{entry.key}.trust: {entry.trust_label}"
+    try:
+        chain = parse_chain(data)
+    except CertificateError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    return tuple(chain)
+
+
+def validate_client_certificate(
+    entry: OutboundConfig, files: Files, now: datetime | None = None
+) -> ClientCertificateInfo:
+    """The checks a served certificate gets, less the server-name coverage (it names a client)."""
+    source = entry.client_certificate
+    assert source is not None
+    assert files.cert_pem is not None
+    assert files.key_pem is not None
+    where = f"{entry.key}.client_certificate: {source.cert}"
+    try:
+        chain = parse_chain(files.cert_pem)
+        key = parse_private_key(files.key_pem, files.password)
+        if public_key_der(key) != public_key_der(chain[0].public_key()):
+            raise KeyMismatchError(
+                f"key {source.key} does not match the certificate (different public keys)"
+            )
+        key_type = _client_chain_problem(chain, now or datetime.now(UTC))
+    except CertificateError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"{where}: cannot be parsed ({exc})") from None
+    leaf = chain[0]
+    return ClientCertificateInfo(
+        label=leaf.subject.rfc4514_string() or source.cert.name,
+        serial_hex=format(leaf.serial_number, "x"),
+        key_type=key_type,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+    )
+
+
+def _client_chain_problem(chain: list[x509.Certificate], moment: datetime) -> str:
+    """The leaf's key type; CertificateError for what the served certificates are refused for."""
+    leaf = chain[0]
+    info = describe_key(leaf.public_key())
+    problem = None
+    if info.key_type is None:
+        problem = f"key is {info.description}"
+    elif info.key_type == "rsa" and info.bits < MIN_RSA_BITS:
+        problem = f"RSA key has {info.bits} bits, at least 2048 needed"
+    elif moment < leaf.not_valid_before_utc:
+        problem = f"not valid before {leaf.not_valid_before_utc.isoformat()}"
+    elif moment >= leaf.not_valid_after_utc:
+        problem = f"expired on {leaf.not_valid_after_utc.isoformat()}"
+    else:
+        problem = weak_signature_problem(chain) or chain_order_problem(chain)
+    if problem is not None or info.key_type is None:
+        raise CertificateError(problem or "unusable key")
+    return info.key_type
+
+
+def build_outbound_tls(
+    entry: OutboundConfig, files: Files, now: datetime | None = None
+) -> OutboundTLS:
+    """Validate `files` and build the client context from exactly those bytes."""
+    anchors = validate_trust(entry, files.trust_pem)
+    client = None
+    if entry.client_certificate is not None:
+        client = validate_client_certificate(entry, files, now)
+    policy = ClientPolicy.of(entry.selection)
+    try:
+        trust_text = files.trust_pem.decode("ascii")
+    except UnicodeDecodeError:
+        raise CertificateParseError(
+            f"{entry.key}.trust: {entry.trust_label}: not PEM text (non-ASCII bytes)"
+        ) from None
+    try:
+        if client is None:
+            context = build_client_context(policy, trust_text)
+        else:
+            assert files.cert_pem is not None
+            assert files.key_pem is not None
+            with _memory_files(files.cert_pem, files.key_pem) as (cert_path, key_path):
+                chain = ClientChain(cert_path, key_path, files.password)
+                context = build_client_context(policy, trust_text, chain)
+    except ssl.SSLError as exc:
+        raise CertificateError(f"{entry.key}: OpenSSL rejected the trust or client certificate: "
+                               f"{exc.reason or exc}") from None
+    except ComplianceError as exc:
+        raise ComplianceError(f"{entry.key}: {exc}") from None
+    return OutboundTLS(context, files.digest, len(anchors), client)
+
+
+class OutboundStore:
+    """The current OutboundTLS of one outbound; replaced only by a complete, valid build."""
+
+    def __init__(
+        self,
+        entry: OutboundConfig,
+        stats: Stats,
+        *,
+        grace: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.entry = entry
+        self.stats = stats
+        self.grace = grace
+        self._clock = clock
+        # Raises at start: there is nothing to fall back on.
+        self.current = build_outbound_tls(entry, read_files(entry))
+        self._seen = self.current.digest
+        self._failed: str | None = None
+        self._pending: str | None = None
+        self._pending_since = 0.0
+        self.listeners: list[Callable[[OutboundTLS], None]] = []
+
+    def _read(self) -> tuple[str, Files | None, CertificateError | None]:
+        try:
+            files = read_files(self.entry)
+        except CertificateReadError as exc:
+            return f"unreadable: {exc}", None, exc
+        return files.digest, files, None
+
+    def poll(self) -> bool:
+        """One watcher check; True when the files are changing and want a quick re-check."""
+        key, files, error = self._read()
+        if key in (self.current.digest, self._failed):
+            self._seen = key
+            return False
+        if key != self._seen:
+            self._seen = key
+            return True
+        self._consider(key, files, error, force=False)
+        return False
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Read and, if valid, publish now; `force` (SIGHUP) rebuilds and fails at once."""
+        key, files, error = self._read()
+        if not force and key in (self.current.digest, self._failed):
+            return False
+        self._seen = key
+        return self._consider(key, files, error, force=force)
+
+    def _consider(
+        self, key: str, files: Files | None, error: CertificateError | None, *, force: bool
+    ) -> bool:
+        reason: CertificateError | ComplianceError
+        if files is not None:
+            try:
+                new = build_outbound_tls(self.entry, files)
+            except (CertificateError, ComplianceError) as exc:
+                reason = exc
+            else:
+                self._publish(new)
+                return True
+        else:
+            assert error is not None
+            reason = error
+        if not force and isinstance(reason, MAYBE_IN_PROGRESS) and self._in_grace(key, reason):
+            return False
+        self._pending = None
+        self._failed = key
+        self.stats.reloads["failure"] += 1
+        log.error(
+            "outbound %s: reload failed, still using the previous trust and client certificate: %s",
+            self.entry.name, reason,
+        )
+        return False
+
+    def _in_grace(self, key: str, reason: CertificateError) -> bool:
+        now = self._clock()
+        if key != self._pending:
+            self._pending, self._pending_since = key, now
+            log.info(
+                "outbound %s: files not usable yet, retrying for up to %gs (a rotation may "
+                "still be writing them): %s", self.entry.name, self.grace, reason,
+            )
+        return now - self._pending_since < self.grace
+
+    def _publish(self, new: OutboundTLS) -> None:
+        self.current = new
+        self._seen = new.digest
+        self._failed = None
+        self._pending = None
+        self.stats.reloads["success"] += 1
+        self.stats.last_reload_success = time.time()
+        client = new.client
+        log.info(
+            "outbound %s: trust and client certificate reloaded: %d trusted certificates%s",
+            self.entry.name, new.trust_count,
+            f", client {client.label} serial={client.serial_hex}" if client else "",
+        )
+        for listener in self.listeners:
+            listener(new)

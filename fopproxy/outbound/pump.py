@@ -1,0 +1,485 @@
+"""One outbound connection: plain TCP from the local app, TLS to the server, relayed both ways.
+
+Order, and why: the app's connection is accepted with reading paused, the server is dialled
+(resolved anew each time, IPv6 and IPv4 in getaddrinfo's order), the handshake runs and the
+server's name is checked; only then is the app read from. So a refused server never receives a
+byte of the app's request: it stays in the kernel's socket buffer until the app is closed.
+
+TLS runs over memory BIOs on a plain transport, as on the inbound side (relay.py explains why:
+every alert goes out before a close, close_notify is ours to send, buffers stay bounded).
+Backpressure: each side pauses reading the other while its write buffer is full. Half-close:
+the app's EOF becomes close_notify toward the server (as ghostunnel's CloseWrite does); the
+server's close_notify becomes a TCP FIN toward the app. A server reset mid-stream resets the app,
+so a truncated answer is never mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from fopproxy.outbound.context import peer_name_problem
+from fopproxy.outbound.reasons import classify_connect_error, classify_handshake_error
+
+if TYPE_CHECKING:
+    from fopproxy.outbound.service import OutboundListener
+
+log = logging.getLogger("fopproxy.conn")
+
+DIALING, HANDSHAKE, OPEN, CLOSED = range(4)
+TLS_SLICE = 16 * 1024  # one full TLS record of plaintext per SSL_write
+SSL_READ_SIZE = 16 * 1024 + 256
+# What the app may send before the server is verified is held here, never sent; past this, the
+# app is not read from until then.
+EARLY_LIMIT = 64 * 1024
+
+
+class UpstreamProtocol(asyncio.BufferedProtocol):
+    """The TLS server's side; it only forwards events to its OutboundConnection."""
+
+    __slots__ = ("buffer", "conn")
+
+    def __init__(self, conn: OutboundConnection) -> None:
+        self.conn = conn
+        self.buffer = conn.listener.buffer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.upstream_made(transport)  # type: ignore[arg-type]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.from_server(nbytes)
+
+    def eof_received(self) -> bool:
+        return self.conn.server_eof()
+
+    def pause_writing(self) -> None:
+        self.conn.server_full(True)
+
+    def resume_writing(self) -> None:
+        self.conn.server_full(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.upstream_lost(exc)
+
+
+class OutboundConnection(asyncio.BufferedProtocol):
+    """The app's side of one outbound connection, and the state of the whole connection."""
+
+    def __init__(self, listener: OutboundListener) -> None:
+        self.listener = listener
+        self.state = DIALING
+        self.app: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self._dial_task: asyncio.Task[None] | None = None
+        self._ssl: ssl.SSLObject | None = None
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._tls: Any = None  # the OutboundTLS this connection started with
+        self._app_done = False
+        self._early = bytearray()  # the app's bytes that arrived before the server was verified
+        self._server_done = False
+        self._sent_close_notify = False
+        self._server_answered = False
+        self._reason = "done"
+        self.to_server = 0
+        self.to_app = 0
+        self.version = "-"
+        self.cipher = "-"
+        self.resumed = False
+        self._peer = "-"
+        self._started = perf_counter()
+        self.deadline = 0.0
+        self.last = 0.0
+        self.moved = -1
+
+    # ---- the app -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self.listener
+        self.app = transport  # type: ignore[assignment]  # a stream server's: a Transport
+        if not listener.accepting or listener.full():
+            reason = "draining" if not listener.accepting else "limit"
+            listener.note_rejected(reason)
+            self.state = CLOSED
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        # Nothing of the request may leave before the server is verified. (uvloop may deliver
+        # one read despite this pause; buffer_updated holds such bytes back.)
+        transport.pause_reading()  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._peer = f"{peer[0]}:{peer[1]}"
+        listener.add(self)
+        self.deadline = listener.time() + listener.entry.timeouts.connect
+        self._dial_task = listener.loop.create_task(self._dial())
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.listener.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Plaintext from the app: encrypt in whole records and send them to the server."""
+        tls = self._ssl
+        upstream = self.upstream
+        if self.state != OPEN or tls is None or upstream is None:
+            self._hold(nbytes)
+            return
+        self._send(self.listener.buffer[:nbytes], nbytes)
+
+    def _hold(self, nbytes: int) -> None:
+        """Keep bytes that came before the server was verified; they go once it is."""
+        if self.state == CLOSED:
+            return
+        self._early += self.listener.buffer[:nbytes]
+        if len(self._early) >= EARLY_LIMIT and self.app is not None:
+            self.app.pause_reading()
+
+    def _send(self, view: memoryview, nbytes: int) -> None:
+        """Encrypt plaintext in whole records and send it to the server."""
+        tls = self._ssl
+        upstream = self.upstream
+        assert tls is not None
+        assert upstream is not None
+        write = tls.write
+        out = self._out
+        try:
+            if nbytes <= TLS_SLICE:
+                write(view)
+                upstream.write(out.read())
+            else:
+                chunks = []
+                offset = 0
+                while offset < nbytes:
+                    offset += write(view[offset : offset + TLS_SLICE])
+                    chunks.append(out.read())
+                upstream.writelines(chunks)
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+            return
+        self.to_server += nbytes
+        self.listener.stats.bytes_to_server += nbytes
+
+    def eof_received(self) -> bool:
+        """The app sent all it will: tell the server with close_notify, keep reading its answer."""
+        self._app_done = True
+        if self.state in (DIALING, HANDSHAKE):
+            return True  # passed on once the server is verified
+        if self.state == OPEN:
+            self._send_close_notify()
+            if self._server_done:
+                self._close_both()
+                return False
+        return True
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.state == OPEN:
+            self.upstream.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state in (DIALING, HANDSHAKE) and self._reason == "done":
+            self._reason = "app_closed"
+        elif exc is not None and self._reason == "done":
+            self._reason = "app_reset"
+        self.app = None
+        self._finish(abort_upstream=exc is not None or not self._app_done)
+
+    # ---- dialling the server -------------------------------------------------------------
+
+    async def _dial(self) -> None:
+        """Resolve `connect` now (DNS may have moved) and try each address in turn."""
+        listener = self.listener
+        loop = listener.loop
+        target = listener.entry.connect
+        try:
+            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            error: OSError | None = None
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    await loop.sock_connect(sock, address)
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                await loop.create_connection(lambda: UpstreamProtocol(self), sock=sock)
+                return
+            raise error or OSError("no address to connect to")
+        except (OSError, asyncio.CancelledError) as exc:
+            self._dial_task = None
+            if self.state == DIALING:
+                self._refuse(classify_connect_error(exc), f"connect {target}: {exc or 'timed out'}")
+
+    # ---- the server ----------------------------------------------------------------------
+
+    def upstream_made(self, transport: asyncio.Transport) -> None:
+        self._dial_task = None
+        if self.state != DIALING:  # the app went away while we dialled
+            transport.abort()
+            return
+        self.upstream = transport
+        listener = self.listener
+        tls = self._tls = listener.store.current
+        self._ssl = tls.context.wrap_bio(
+            self._in, self._out, server_side=False,
+            server_hostname=listener.entry.server_name, session=tls.session,
+        )
+        self.state = HANDSHAKE
+        self.deadline = listener.time() + listener.entry.timeouts.handshake
+        self._handshake()
+
+    def from_server(self, nbytes: int) -> None:
+        self._in.write(self.listener.buffer[:nbytes])
+        if self.state == OPEN:
+            self._decrypt()
+        elif self.state == HANDSHAKE:
+            self._server_answered = self._server_answered or self._in.pending > 7
+            self._handshake()
+
+    def server_eof(self) -> bool:
+        """TCP FIN from the server: whatever close_notify said, the stream ends here."""
+        if self.state == HANDSHAKE:
+            self._handshake_failed("peer_closed", "the server closed the connection")
+            return False
+        if self.state == OPEN:
+            self._server_finished()
+            return not self._app_done
+        return False
+
+    def server_full(self, full: bool) -> None:
+        app = self.app
+        if app is None or self.state != OPEN or self._app_done:
+            return
+        if full:
+            app.pause_reading()
+        else:
+            app.resume_reading()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        self.upstream = None
+        if self.state == HANDSHAKE:
+            self._handshake_failed("peer_closed", str(exc or "the server closed the connection"))
+        elif self.state == OPEN:
+            if exc is not None:
+                # A reset mid-answer: reset the app too, so it cannot take a cut answer as whole.
+                self._reason = "server_reset"
+                self.state = CLOSED
+                if self.app is not None:
+                    self.app.abort()
+            else:
+                self._server_finished()
+                self._close_both()
+
+    # ---- handshake -----------------------------------------------------------------------
+
+    def _handshake(self) -> None:
+        tls = self._ssl
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # our alert goes out before the close
+            reason = classify_handshake_error(exc, server_answered=self._server_answered)
+            self._handshake_failed(reason, str(exc.verify_message if isinstance(
+                exc, ssl.SSLCertVerificationError) else exc.reason or exc))
+            return
+        self._flush()
+        listener = self.listener
+        entry = listener.entry
+        peer = tls.getpeercert()
+        problem = peer_name_problem(peer, entry.server_name)  # type: ignore[arg-type]
+        if problem is not None:
+            self._handshake_failed("hostname_mismatch", problem)
+            return
+        stats = listener.stats
+        self.version = tls.version() or "-"
+        cipher = tls.cipher()
+        self.cipher = cipher[0] if cipher else "-"
+        self.resumed = tls.session_reused
+        stats.handshakes[(self.version, self.cipher)] += 1
+        if self.resumed:
+            stats.resumed += 1
+        not_after = peer.get("notAfter") if peer else None
+        if isinstance(not_after, str):
+            stats.peer_not_after = float(ssl.cert_time_to_seconds(not_after))
+        self._keep_session()
+        self.state = OPEN
+        self.last = listener.time()
+        if self._early:
+            early, self._early = self._early, bytearray()
+            self._send(memoryview(early), len(early))
+        if self._in.pending and self.state == OPEN:
+            self._decrypt()
+        if self.state != OPEN or self.app is None:
+            return
+        if self._app_done:
+            self._send_close_notify()
+            if self._server_done:
+                self._close_both()
+        else:
+            self.app.resume_reading()
+
+    def _keep_session(self) -> None:
+        """Offer this session to the next connection (TLS 1.3 tickets arrive after the end)."""
+        tls = self._ssl
+        current = self.listener.store.current
+        if tls is not None and tls.session is not None and self._tls is current:
+            current.session = tls.session
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Dial or handshake failed: count it, close the app without a byte sent either way."""
+        self.listener.stats.handshake_errors[reason] += 1
+        log.warning("outbound %s refused (%s): %s", self.listener.entry.name, reason, detail)
+        self._reason = f"outbound_error:{reason}"
+        self.state = CLOSED
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.app is not None:
+            self.app.close()
+
+    def _handshake_failed(self, reason: str, detail: str) -> None:
+        self._refuse(reason, f"{self.listener.entry.connect}: {detail}")
+
+    def expired(self) -> None:
+        """The dial or the handshake ran past its timeout (called by the listener's sweep)."""
+        if self.state == DIALING and self._dial_task is not None:
+            self._dial_task.cancel()
+        elif self.state == HANDSHAKE:
+            self._handshake_failed("timeout", "no handshake within the timeout")
+
+    # ---- relay ---------------------------------------------------------------------------
+
+    def _decrypt(self) -> None:
+        tls = self._ssl
+        assert tls is not None
+        read = tls.read
+        chunks: list[bytes] = []
+        finished = False
+        try:
+            while True:
+                data = read(SSL_READ_SIZE)
+                if not data:
+                    finished = True  # close_notify (CPython returns b"")
+                    break
+                chunks.append(data)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            finished = True
+        except ssl.SSLError as exc:
+            self._tls_error(exc)
+            return
+        if chunks and self.app is not None:
+            count = sum(map(len, chunks))
+            self.to_app += count
+            self.listener.stats.bytes_to_app += count
+            self.app.writelines(chunks)
+        if self._out.pending:
+            self._flush()
+        if finished:
+            self._server_finished()
+
+    def _tls_error(self, exc: ssl.SSLError) -> None:
+        """A bad record from the server: nothing of it reached the app; reset the app."""
+        self._flush()
+        self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
+        self.state = CLOSED
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.app is not None:
+            self.app.abort()
+
+    def _server_finished(self) -> None:
+        if self._server_done:
+            return
+        self._server_done = True
+        self._keep_session()
+        if self._app_done:
+            self._close_both()
+        elif self.app is not None and self.app.can_write_eof():
+            self.app.write_eof()
+
+    def _send_close_notify(self) -> None:
+        if self._sent_close_notify or self._ssl is None:
+            return
+        self._sent_close_notify = True
+        try:
+            self._ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # ours is written; the server's answer is not needed to send it
+        except (ssl.SSLError, ValueError) as exc:
+            log.debug("close_notify not sent: %s", exc)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out.pending and self.upstream is not None:
+            self.upstream.write(self._out.read())
+
+    # ---- timers and closing --------------------------------------------------------------
+
+    def idle_timeout(self) -> None:
+        self._reason = "idle_timeout"
+        self._close_both()
+
+    def _close_both(self) -> None:
+        self.state = CLOSED
+        if self.upstream is not None:
+            self._send_close_notify()
+            self.upstream.close()
+        if self.app is not None:
+            self.app.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (drain deadline): both sides reset."""
+        self._reason = reason
+        self.state = CLOSED
+        if self._dial_task is not None:
+            self._dial_task.cancel()
+        if self.upstream is not None:
+            self.upstream.abort()
+        if self.app is not None:
+            self.app.abort()
+
+    def _finish(self, *, abort_upstream: bool) -> None:
+        """Runs once, when the app's transport is gone: release, account, log."""
+        listener = self.listener
+        if not listener.discard(self):
+            return
+        self.state = CLOSED
+        if self._dial_task is not None:
+            self._dial_task.cancel()
+            self._dial_task = None
+        upstream = self.upstream
+        if upstream is not None:
+            if abort_upstream:
+                upstream.abort()
+            else:
+                self._send_close_notify()
+                upstream.close()
+        if listener.log_connections:
+            listener.log_closed(self, int((perf_counter() - self._started) * 1e6))
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @property
+    def peer(self) -> str:
+        return self._peer
