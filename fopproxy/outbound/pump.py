@@ -87,6 +87,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self._server_done = False
         self._sent_close_notify = False
         self._server_answered = False
+        self._server_record_version: int | None = None
         self._reason = "done"
         self.to_server = 0
         self.to_app = 0
@@ -243,10 +244,15 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self._handshake()
 
     def from_server(self, nbytes: int) -> None:
-        self._in.write(self.listener.buffer[:nbytes])
+        buffer = self.listener.buffer
+        self._in.write(buffer[:nbytes])
         if self.state == OPEN:
             self._decrypt()
         elif self.state == HANDSHAKE:
+            if self._server_record_version is None and nbytes >= 3:
+                # The first record's header (type, version): what version the server speaks.
+                self._server_record_version = buffer[1] << 8 | buffer[2]
+            # More than one alert record (7 bytes): the server's first flight came.
             self._server_answered = self._server_answered or self._in.pending > 7
             self._handshake()
 
@@ -296,7 +302,11 @@ class OutboundConnection(asyncio.BufferedProtocol):
             return
         except ssl.SSLError as exc:
             self._flush()  # our alert goes out before the close
-            reason = classify_handshake_error(exc, server_answered=self._server_answered)
+            reason = classify_handshake_error(
+                exc,
+                server_answered=self._server_answered,
+                server_record_version=self._server_record_version,
+            )
             self._handshake_failed(reason, str(exc.verify_message if isinstance(
                 exc, ssl.SSLCertVerificationError) else exc.reason or exc))
             return

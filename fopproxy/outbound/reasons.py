@@ -66,8 +66,17 @@ _REASONS = dict.fromkeys(
 ) | {"UNEXPECTED_EOF_WHILE_READING": "peer_closed"}
 
 
-def classify_handshake_error(exc: ssl.SSLError, *, server_answered: bool) -> str:
+TLS12_RECORD_VERSION = 0x0303
+
+
+def classify_handshake_error(
+    exc: ssl.SSLError, *, server_answered: bool, server_record_version: int | None = None
+) -> str:
     """Map a failed client handshake to a label.
+
+    `server_record_version`: the version field of the server's first record. A server that
+    settled on TLS 1.1 or older writes 0x0302 or less there, even when what it sends is only a
+    `handshake_failure` alert (it found none of our TLS 1.2 suites usable at TLS 1.1).
 
     `server_answered`: whether the server's first flight (ServerHello ...) arrived before the
     failure. A bare `handshake_failure` alert as the server's first answer means nothing of our
@@ -77,6 +86,8 @@ def classify_handshake_error(exc: ssl.SSLError, *, server_answered: bool) -> str
     if isinstance(exc, ssl.SSLCertVerificationError):
         return _VERIFY_CODES.get(exc.verify_code, "invalid_certificate")
     reason = exc.reason or ""
+    if server_record_version is not None and server_record_version < TLS12_RECORD_VERSION:
+        return "protocol_version"
     if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE":
         return "client_certificate_rejected" if server_answered else "no_shared_cipher"
     if isinstance(exc, ssl.SSLEOFError):

@@ -122,3 +122,274 @@ def test_offers_exactly_the_six_suites_with_sni_and_echoes(
     assert seen.cipher in SIX
     log = proxy.log()
     assert re.search(r"direction=outbound outbound=google .* reason=done", log), log
+
+
+def _refused_server(kind: str, pki: PKI, folder: Path) -> ssl.SSLContext:
+    ca = pki.ca
+    if kind == "other-name":
+        pair = ca.write(folder, "other", ["other.example.test"])
+    elif kind == "self-signed":
+        pair = write_self_signed(folder, "self", [GOOGLE])
+    elif kind == "expired":
+        now = datetime.now(UTC)
+        pair = ca.write(folder, "expired", [GOOGLE], not_before=now - timedelta(days=30),
+                        not_after=now - timedelta(days=1))
+    elif kind == "wildcard-two-labels":
+        # *.googleapis.test covers vgw.googleapis.test; *.test would be a bare suffix, and
+        # *.x.vgw.googleapis.test two labels too deep: this one is *.a.googleapis.test.
+        pair = ca.write(folder, "wild", ["*.a.googleapis.test"])
+    else:
+        pair = pki.google
+    settings: dict[str, Any] = {}
+    if kind == "tls1.1-only":
+        settings = {"maximum_version": ssl.TLSVersion.TLSv1_1,
+                    "minimum_version": ssl.TLSVersion.TLSv1, "ciphers": "DEFAULT:@SECLEVEL=0"}
+    elif kind == "aes256-only":
+        settings = {"ciphers": "ECDHE-ECDSA-AES256-GCM-SHA384",
+                    "maximum_version": ssl.TLSVersion.TLSv1_2}
+    elif kind == "requires-client-cert":
+        settings = {"cafile": pki.cafile}
+    return server_context(str(pair.cert), str(pair.key), **settings)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("other-name", "hostname_mismatch"),
+        ("wildcard-two-labels", "hostname_mismatch"),
+        ("self-signed", "untrusted_certificate"),
+        ("expired", "expired_certificate"),
+        ("tls1.1-only", "protocol_version"),
+        ("aes256-only", "no_shared_cipher"),
+        ("requires-client-cert", "client_certificate_rejected"),
+    ],
+)
+def test_refused_server_gets_nothing_of_the_request(
+    kind: str, reason: str, pki: PKI, tmp_path: Path,
+    start: Callable[[dict[str, Any]], ProxyProcess],
+) -> None:
+    """A server that fails a rule is refused with the right reason; no request byte reaches it."""
+    with TLSServer(_refused_server(kind, pki, tmp_path / "bad"), read_all) as server:
+        proxy = start(outbound_config(server, pki))
+        answer = app_call(proxy, REQUEST)
+        server.wait_finished(1)
+        (seen,) = server.seen
+    assert answer == b""
+    assert bytes(seen.received) == b""
+    assert seen.hello is not None
+    assert seen.hello.sni == GOOGLE
+    log = proxy.wait_for_log("connection closed")
+    assert f"reason=outbound_error:{reason}" in log, log
+    assert f"outbound google refused ({reason})" in log
+
+
+def test_connect_refused_and_resolved_at_each_connection(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """Nothing listening: refused and counted; `localhost` resolves to ::1 and 127.0.0.1 in turn."""
+    port = free_port()
+    config = outbound_config(
+        TLSServer(server_context(str(pki.google.cert), str(pki.google.key))), pki,
+        connect=f"localhost:{port}",
+    )
+    proxy = start(config)
+    assert app_call(proxy, REQUEST) == b""
+    log = proxy.wait_for_log("reason=outbound_error:connect_refused")
+    assert "outbound google refused (connect_refused)" in log
+    # Now a server appears on that port (IPv4 only): the next connection finds it.
+    ctx = server_context(str(pki.google.cert), str(pki.google.key))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(8)
+
+    def serve() -> None:
+        conn, _ = sock.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            echo(tls, Seen())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert app_call(proxy, b"ping") == b"ping"
+    finally:
+        thread.join(10)
+        sock.close()
+
+
+def _pattern(seed: bytes, size: int) -> bytes:
+    block = hashlib.sha256(seed).digest() * 2048  # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def test_16_mib_each_way_byte_exact(pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]) -> None:
+    """16 MiB up while 16 MiB come down, both byte-exact, both ends closed cleanly."""
+    size = 16 * 1024 * 1024
+    up = _pattern(b"up", size)
+    down = _pattern(b"down", size)
+    got_up = hashlib.sha256()
+    counts = {"up": 0}
+
+    def handler(tls: ssl.SSLSocket, seen: Seen) -> None:
+        def send() -> None:
+            tls.sendall(down)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        while True:
+            data = tls.recv(262144)
+            if not data:
+                break
+            got_up.update(data)
+            counts["up"] += len(data)
+        sender.join(60)
+        tls.unwrap()
+
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), handler) as server:
+        proxy = start(outbound_config(server, pki))
+        received = hashlib.sha256()
+        total = 0
+        with socket.create_connection((proxy.host, proxy.port), timeout=60) as sock:
+            def upload() -> None:
+                sock.sendall(up)
+                sock.shutdown(socket.SHUT_WR)
+
+            uploader = threading.Thread(target=upload, daemon=True)
+            started = time.monotonic()
+            uploader.start()
+            while True:
+                chunk = sock.recv(262144)
+                if not chunk:
+                    break
+                received.update(chunk)
+                total += len(chunk)
+            uploader.join(60)
+            elapsed = time.monotonic() - started
+        server.wait_finished(1, timeout=30)
+    assert total == size
+    assert received.digest() == hashlib.sha256(down).digest()
+    assert counts["up"] == size
+    assert got_up.digest() == hashlib.sha256(up).digest()
+    log = proxy.wait_for_log("connection closed")
+    assert f"bytes_to_server={size} bytes_to_app={size}" in log
+    assert "reason=done" in log
+    print(f"16 MiB each way through outbound in {elapsed:.2f}s")
+
+
+def test_client_certificate_for_mutual_tls(
+    pki: PKI, tmp_path: Path, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """With client_certificate, a server that requires one accepts us and sees who we are."""
+    client = pki.ca.write(tmp_path / "client", "client", ["partner.example.test"], "ecdsa")
+    ctx = server_context(str(pki.google.cert), str(pki.google.key), cafile=pki.cafile)
+    with TLSServer(ctx, echo) as server:
+        proxy = start(outbound_config(
+            server, pki, client_certificate={"cert": str(client.cert), "key": str(client.key)}
+        ))
+        assert app_call(proxy, REQUEST) == REQUEST
+        server.wait_finished(1)
+        (seen,) = server.seen
+    assert seen.client_cert is not None
+    assert "partner.example.test" in str(seen.client_cert["subject"])
+
+
+def test_sessions_are_resumed_per_outbound(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """The second connection resumes the first one's session (fewer full handshakes)."""
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), echo) as server:
+        proxy = start(outbound_config(server, pki))
+        for index in range(3):
+            assert app_call(proxy, b"call %d" % index) == b"call %d" % index
+            server.wait_finished(index + 1)
+        resumed = [seen.resumed for seen in server.seen]
+    assert resumed == [False, True, True]
+    assert proxy.log().count("resumed=yes") == 2
+
+
+def test_half_close_answer_after_the_request_ends(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """The app's EOF reaches the server as close_notify; the answer it sends after still arrives."""
+
+    def answer_after_eof(tls: ssl.SSLSocket, seen: Seen) -> None:
+        read_all(tls, seen)
+        tls.sendall(b"got %d bytes" % len(seen.received))
+        tls.unwrap()
+
+    with TLSServer(server_context(str(pki.google_rsa.cert), str(pki.google_rsa.key)),
+                   answer_after_eof) as server:
+        proxy = start(outbound_config(server, pki))
+        assert app_call(proxy, REQUEST) == b"got %d bytes" % len(REQUEST)
+
+
+def test_tls13_profile_offers_only_the_two_tls13_suites(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """card-fop-tls13: the six plus TLS_AES_128_GCM_SHA256 and TLS_CHACHA20_POLY1305_SHA256."""
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), echo) as server:
+        proxy = start(outbound_config(server, pki, profile="card-fop-tls13"))
+        assert app_call(proxy, REQUEST) == REQUEST
+        server.wait_finished(1)
+        (seen,) = server.seen
+    assert seen.hello is not None
+    offered = {s for s in seen.hello.suites if s != SCSV}
+    assert offered == SIX | {"TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"}
+    assert seen.hello.versions == ["TLSv1.3", "TLSv1.2"]
+    assert seen.version == "TLSv1.3"
+
+
+def test_sigterm_drains_an_open_outbound_call(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """SIGTERM: new connections refused, the call in flight finishes, exit 0."""
+    release = threading.Event()
+
+    def slow(tls: ssl.SSLSocket, seen: Seen) -> None:
+        data = tls.recv(100)
+        release.wait(10)
+        tls.sendall(data)
+        tls.unwrap()
+
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), slow) as server:
+        proxy = start(outbound_config(server, pki))
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+            sock.sendall(b"in flight")
+            time.sleep(0.3)
+            proxy.signal(signal.SIGTERM)
+            proxy.wait_for_log("draining 1 open connections")
+            with pytest.raises(OSError):
+                socket.create_connection((proxy.host, proxy.port), timeout=2).close()
+            release.set()
+            assert sock.recv(100) == b"in flight"
+        assert proxy.proc.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"trust": "missing.pem"}, "outbound[0].trust: cannot read"),
+        ({"trust": "not-pem.txt"}, "outbound[0].trust: "),
+        ({"listen": "0.0.0.0:{port}"}, "outbound[0].listen: 0.0.0.0:"),
+        ({"conect": "x:1"}, "outbound[0].conect: unknown key"),
+        ({"client_certificate": {"cert": "pki/google.pem", "key": "pki/google-rsa.key"}},
+         "outbound[0].client_certificate: "),
+    ],
+    ids=["trust-missing", "trust-not-pem", "remote-listen", "unknown-key", "key-mismatch"],
+)
+def test_bad_outbound_entry_is_a_startup_error(
+    entry: dict[str, Any], problem: str, pki: PKI, tmp_path: Path
+) -> None:
+    """Exit 2, one line naming outbound[i].key, before any port is opened."""
+    (tmp_path / "not-pem.txt").write_text("hello\n")
+    item: dict[str, Any] = {"listen": f"127.0.0.1:{free_port()}", "connect": f"{GOOGLE}:443",
+                            "trust": "pki/ca.pem"}
+    item.update({k: (v.format(port=free_port()) if isinstance(v, str) else v)
+                 for k, v in entry.items()})
+    config = tmp_path / "proxy.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({"outbound": [item]}))
+    result = run_cli("-c", str(config))
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr, result.stderr
