@@ -56,6 +56,8 @@ def build_client_context(
     (VERIFY_X509_PARTIAL_CHAIN): a pinned server certificate works whether or not it is
     self-signed, as Go's roots pool (ghostunnel) treats it.
     """
+    if "-----BEGIN CERTIFICATE-----" not in trust_pem:
+        raise ComplianceError("the outbound client trusts no certificate at all")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     ctx.minimum_version = policy.minimum_version
     ctx.maximum_version = policy.maximum_version

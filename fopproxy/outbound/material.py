@@ -13,6 +13,7 @@ import hashlib
 import logging
 import ssl
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,7 +125,10 @@ def validate_trust(entry: OutboundConfig, data: bytes) -> tuple[x509.Certificate
     """The trusted certificates: at least one, every PEM block complete."""
     where = f"{entry.key}.trust: {entry.trust_label}"
     try:
-        chain = parse_chain(data)
+        with warnings.catch_warnings():
+            # A few old Mozilla roots carry non-positive serials; cryptography warns, parses.
+            warnings.simplefilter("ignore")
+            chain = parse_chain(data)
     except CertificateError as exc:
         raise type(exc)(f"{where}: {exc}") from None
     return tuple(chain)
