@@ -63,6 +63,12 @@ RULES: dict[str, Rule] = {
     "cert.chain": Rule("3", "chain is leaf first, each signed by the next, and complete"),
     "cert.trust": Rule("3", "chains to the Mozilla root store, or self-signed given to Google"),
     "hostname_verification": Rule("2", "a verifying client accepts the chain for the hostname"),
+    "outbound.connect": Rule("2", "outbound: connect is host:port, the name to check is known"),
+    "outbound.trust": Rule("3", "outbound: trust (Mozilla roots or a PEM file) is readable"),
+    "outbound.client_certificate": Rule("fop", "outbound: the client certificate is valid"),
+    "outbound.client_policy": Rule(
+        "1", "outbound: TLS >= 1.2, only the listed suites, chain and hostname always verified"
+    ),
 }
 
 
