@@ -539,6 +539,11 @@ async def serve_metrics(worker: Worker) -> AsyncIterator[None]:
     assert address is not None
     started = time.time()
     registry = make_registry(lambda: take_snapshot(worker, started))
+    if worker.outbound is not None:
+        from fopproxy.outbound.collector import OutboundCollector, take_snapshots
+
+        outbound = worker.outbound
+        registry.register(OutboundCollector(lambda: take_snapshots(outbound)))
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(

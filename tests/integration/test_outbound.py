@@ -393,3 +393,65 @@ def test_bad_outbound_entry_is_a_startup_error(
     result = run_cli("-c", str(config))
     assert result.returncode == 2, result.stderr
     assert problem in result.stderr, result.stderr
+
+
+def test_metrics_count_calls_refusals_and_expiries(
+    pki: PKI, tmp_path: Path, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """The issue's metric names, read with Prometheus' own parser and linted by promtool."""
+    import shutil
+    import subprocess
+
+    from tests.integration.test_metrics import scrape, value
+
+    client = pki.ca.write(tmp_path / "client", "client", ["partner.example.test"])
+    wrong = pki.ca.write(tmp_path / "wrong", "wrong", ["other.example.test"])
+    good_ctx = server_context(str(pki.google.cert), str(pki.google.key), cafile=pki.cafile)
+    with TLSServer(good_ctx, echo) as good, \
+            TLSServer(server_context(str(wrong.cert), str(wrong.key)), read_all) as bad:
+        config = outbound_config(good, pki, client_certificate={"cert": str(client.cert),
+                                                                "key": str(client.key)})
+        other = dict(config["outbound"][0], name="other", listen=f"127.0.0.1:{free_port()}",
+                     connect=bad.address)
+        other.pop("client_certificate")
+        config["outbound"].append(other)
+        port = free_port()
+        config["metrics"] = {"listen": f"127.0.0.1:{port}"}
+        proxy = start(config)
+        for _ in range(2):
+            assert app_call(proxy, REQUEST) == REQUEST
+        other_port = int(other["listen"].rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", other_port), timeout=10) as sock:
+            sock.sendall(REQUEST)
+            assert sock.recv(10) == b""
+        proxy.wait_for_log("reason=outbound_error:hostname_mismatch")
+        body, samples = scrape(port)
+    handshakes = [
+        v for (name, labels), v in samples.items()
+        if name == "fopproxy_outbound_tls_handshakes_total" and ("outbound", "google") in labels
+    ]
+    assert sum(handshakes) == 2
+    assert value(samples, "fopproxy_outbound_tls_handshake_errors_total",
+                 outbound="other", reason="hostname_mismatch") == 1
+    assert value(samples, "fopproxy_outbound_tls_handshake_errors_total",
+                 outbound="google", reason="connect_refused") == 0
+    assert value(samples, "fopproxy_outbound_connections_active", outbound="google") == 0
+    assert value(samples, "fopproxy_outbound_bytes_total", outbound="google",
+                 direction="to_server") == 2 * len(REQUEST)
+    assert value(samples, "fopproxy_outbound_bytes_total", outbound="google",
+                 direction="to_app") == 2 * len(REQUEST)
+    expected_not_after = int(pki.ca.issue([GOOGLE])[0].not_valid_after_utc.timestamp())  # ~90 days
+    peer = value(samples, "fopproxy_outbound_peer_certificate_not_after_timestamp_seconds",
+                 outbound="google")
+    assert abs(peer - expected_not_after) < 600
+    client_not_after = [
+        v for (name, labels), v in samples.items()
+        if name == "fopproxy_outbound_client_certificate_not_after_timestamp_seconds"
+        and ("outbound", "google") in labels and ("serial", format(client.serial, "x")) in labels
+    ]
+    assert len(client_not_after) == 1
+    assert value(samples, "fopproxy_outbound_tls_sessions_resumed_total", outbound="google") == 1
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                               text=True, timeout=30, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
