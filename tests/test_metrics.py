@@ -27,6 +27,7 @@ from fopproxy.metrics import (
     snapshot_path,
     take_snapshot,
 )
+from fopproxy.outbound.collector import ClientCertificateGauge, OutboundSnapshot, outbound_families
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
 from tests.conftest import SERVER_NAME, TLSFiles
@@ -314,7 +315,13 @@ async def test_asyncio_responder_over_loopback(tls_files: TLSFiles) -> None:
 def exported_names(tls_files: TLSFiles) -> set[str]:
     snapshot = take_snapshot(fake_worker(tls_files, busy_stats()), 0.0)
     registry = make_registry(lambda: snapshot)
-    return {s.name for family in registry.collect() for s in family.samples}
+    names = {s.name for family in registry.collect() for s in family.samples}
+    # The outbound families, as a process with one outbound that made a call exports them.
+    outbound = OutboundSnapshot(
+        "google", handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): 1}, peer_not_after=1.0,
+        client_certificate=ClientCertificateGauge("CN=partner", "3c", "ecdsa", 0.0, 1.0),
+    )
+    return names | {s.name for family in outbound_families([outbound]) for s in family.samples}
 
 
 def test_rules_and_dashboard_use_only_exported_metrics(tls_files: TLSFiles) -> None:
@@ -340,6 +347,6 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     """`promtool check rules` accepts the rules, and their own unit tests fire when they should."""
     check = subprocess.run(["promtool", "check", "rules", "alerts.yml"], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout  # 6 for the listener, 3 for outbound
     unit = subprocess.run(["promtool", "test", "rules", "alerts.test.yml"], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
     assert unit.returncode == 0, unit.stdout + unit.stderr
