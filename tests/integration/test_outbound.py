@@ -455,3 +455,108 @@ def test_metrics_count_calls_refusals_and_expiries(
         check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
                                text=True, timeout=30, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_trust_file_hot_reload_and_a_broken_one_keeps_the_old(
+    pki: PKI, tmp_path: Path, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """Google moves to a new CA: adding it to the trust file is picked up without a restart;
+    a broken trust file is refused and the previous trust stays in use."""
+    new_ca = CA("new CA")
+    moved = new_ca.write(tmp_path / "moved", "google", [GOOGLE])
+    trust = tmp_path / "trust.pem"
+    trust.write_bytes(pki.ca.cert_pem)
+    with TLSServer(server_context(str(moved.cert), str(moved.key)), echo) as server:
+        proxy = start(outbound_config(server, pki, trust=str(trust)))
+        assert app_call(proxy, b"before") == b""
+        proxy.wait_for_log("reason=outbound_error:untrusted_certificate")
+        trust.write_bytes(pki.ca.cert_pem + new_ca.cert_pem)
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for_log("outbound google: trust and client certificate reloaded")
+        assert app_call(proxy, b"after") == b"after"
+        trust.write_bytes(b"-----BEGIN CERTIFICATE-----\nbroken\n")
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_for_log("outbound google: reload failed, still using the previous trust")
+        assert app_call(proxy, b"still") == b"still"
+
+
+def test_silent_server_hits_the_handshake_timeout(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """A server that accepts TCP and never answers: refused at outbound[i].timeouts.handshake."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        server = TLSServer.__new__(TLSServer)
+        server.host, server.port = "127.0.0.1", silent.getsockname()[1]
+        proxy = start(outbound_config(server, pki, timeouts={"handshake": 1}))
+        started = time.monotonic()
+        assert app_call(proxy, REQUEST) == b""
+        elapsed = time.monotonic() - started
+        proxy.wait_for_log("reason=outbound_error:timeout")
+    finally:
+        silent.close()
+    assert 0.9 < elapsed < 4
+
+
+def test_idle_outbound_connection_is_closed(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """No byte either way for outbound[i].timeouts.idle: both sides closed, reason idle_timeout."""
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), read_all) as server:
+        proxy = start(outbound_config(server, pki, timeouts={"idle": 1}))
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+            sock.sendall(b"hello")
+            started = time.monotonic()
+            assert sock.recv(10) == b""
+            elapsed = time.monotonic() - started
+        server.wait_finished(1)
+        assert bytes(server.seen[0].received) == b"hello"
+    assert 0.9 < elapsed < 4
+    proxy.wait_for_log("reason=idle_timeout")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_app_that_does_not_read_is_bounded_by_backpressure(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """The server offers 128 MiB while the app reads nothing: fopproxy stops reading the server
+    (its memory stays flat), and the app still gets every byte once it reads."""
+    size = 128 * 1024 * 1024
+    block = _pattern(b"bp", 1024 * 1024)
+
+    def flood(tls: ssl.SSLSocket, seen: Seen) -> None:
+        seen.received += tls.recv(2)
+        for _ in range(size // len(block)):
+            tls.sendall(block)
+        tls.unwrap()
+
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), flood) as server:
+        proxy = start(outbound_config(server, pki))
+        with socket.create_connection((proxy.host, proxy.port), timeout=60) as sock:
+            sock.sendall(b"go")
+            time.sleep(0.5)
+            before = _rss_kib(proxy.pid)
+            time.sleep(2)
+            stalled = _rss_kib(proxy.pid)
+            digest = hashlib.sha256()
+            total = 0
+            while total < size:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                total += len(chunk)
+        server.wait_finished(1, timeout=60)
+    assert total == size
+    assert digest.digest() == hashlib.sha256(block * (size // len(block))).digest()
+    grew = stalled - before
+    print(f"RSS while the app did not read: {before} -> {stalled} KiB")
+    assert grew < 8 * 1024, f"fopproxy grew by {grew} KiB while the app did not read"
