@@ -3,8 +3,10 @@ that stand in for Google (a test CA, good and broken certificates, old or odd se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+import select
 import signal
 import socket
 import ssl
@@ -231,18 +233,29 @@ def test_16_mib_each_way_byte_exact(pki: PKI, start: Callable[[dict[str, Any]], 
     counts = {"up": 0}
 
     def handler(tls: ssl.SSLSocket, seen: Seen) -> None:
-        def send() -> None:
-            tls.sendall(down)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        while True:
-            data = tls.recv(262144)
-            if not data:
-                break
-            got_up.update(data)
-            counts["up"] += len(data)
-        sender.join(60)
+        # One thread drives both directions (an SSL object must not be used from two threads).
+        tls.setblocking(False)
+        view = memoryview(down)
+        sent = 0
+        finished = False
+        deadline = time.monotonic() + 60
+        while (not finished or sent < size) and time.monotonic() < deadline:
+            readable, writable, _ = select.select([tls], [tls] if sent < size else [], [], 1)
+            while readable or tls.pending():
+                readable = []
+                try:
+                    data = tls.recv(262144)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                if not data:
+                    finished = True
+                    break
+                got_up.update(data)
+                counts["up"] += len(data)
+            if writable:
+                with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    sent += tls.send(view[sent : sent + 65536])
+        tls.setblocking(True)
         tls.unwrap()
 
     with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), handler) as server:
