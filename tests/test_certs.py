@@ -11,10 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from fopproxy.certrules import certificate_names, hostname_matches
 from fopproxy.certs import (
     CertificateSource,
-    certificate_names,
-    hostname_matches,
     load_certificate_set,
     read_snapshot,
     validate_certificate,

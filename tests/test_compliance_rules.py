@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fopproxy.compliance import rules
+from fopproxy import certrules
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import RULES, Result, certificate_results
 from fopproxy.selfsigned import self_signed
@@ -49,7 +49,7 @@ def webpki_leaf(ca: CA, name: str) -> x509.Certificate:
 
 def test_chain_to_a_store_root_passes_trust(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the CA in the root store, a well-formed chain is PASS and names the root."""
-    monkeypatch.setattr(rules, "mozilla_roots", lambda: (ca.cert,))
+    monkeypatch.setattr(certrules, "mozilla_roots", lambda: (ca.cert,))
     results = by_rule(certificate_results("leaf", [webpki_leaf(ca, "api.example.test"), ca.cert], "api.example.test"))
     assert results["cert.trust"].status == "PASS"
     assert results["cert.trust"].facts == {"root": "CN=fopproxy test CA"}
@@ -58,7 +58,7 @@ def test_chain_to_a_store_root_passes_trust(ca: CA, monkeypatch: pytest.MonkeyPa
 
 def test_store_root_that_does_not_verify_is_a_failure_not_a_pass(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chain naming a store root that the verifier rejects (leaf lacks AKI) fails with the reason."""
-    monkeypatch.setattr(rules, "mozilla_roots", lambda: (ca.cert,))
+    monkeypatch.setattr(certrules, "mozilla_roots", lambda: (ca.cert,))
     leaf, _key = ca.issue(["api.example.test"])
     results = by_rule(certificate_results("leaf", [leaf, ca.cert], "api.example.test"))
     assert results["cert.trust"].status == "FAIL"
