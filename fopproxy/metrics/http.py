@@ -145,6 +145,8 @@ class MetricsHTTPProtocol(asyncio.Protocol):
         return sock.fileno() if sock is not None else -1
 
     def abort(self) -> None:
+        # Out of the count now: the transport lets go of its socket only on the next loop pass.
+        self.clients.remove(self)
         if self.transport is not None:
             self.transport.abort()
 
