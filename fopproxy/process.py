@@ -17,6 +17,7 @@ from fopproxy.app import WorkerHook, new_store, run_worker
 from fopproxy.config import Config
 from fopproxy.metrics.aggregate import snapshot_folder, snapshot_hook
 from fopproxy.metrics.serve import SupervisorMetrics, serve_metrics
+from fopproxy.sdnotify import notify
 from fopproxy.stats import Stats
 from fopproxy.workers import Supervisor
 
@@ -28,18 +29,23 @@ def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
     return (serve_metrics,)
 
 
+def ready() -> None:
+    """The whole process serves (every worker): tell systemd, where it asks (`Type=notify`)."""
+    notify("READY=1")
+
+
 def run(config: Config) -> int:
     """Run the proxy as configured until a signal stops it; returns the exit code."""
     # Validate certificates before forking anything, so a bad file is one clear error.
     new_store(config, Stats())
     if config.workers == 1:
-        return run_worker(config, hooks=worker_hooks(config))
+        return run_worker(config, ready=ready, hooks=worker_hooks(config))
     if config.metrics.listen is None:
         def child_main(index: int, ready: Callable[[], None]) -> int:
             del index
             return run_worker(config, reuse_port=True, ready=ready)
 
-        return Supervisor(config.workers, child_main).run()
+        return Supervisor(config.workers, child_main, on_ready=ready).run()
     return run_with_metrics(config)
 
 
@@ -59,7 +65,7 @@ def run_with_metrics(config: Config) -> int:
         metrics.close_in_child()
         return run_worker(config, reuse_port=True, ready=ready, hooks=(snapshot_hook(folder),))
 
-    supervisor = Supervisor(config.workers, child_main)
+    supervisor = Supervisor(config.workers, child_main, on_ready=ready)
     supervisor.on_child_exit.append(metrics.aggregator.on_child_exit)
     try:
         metrics.start()

@@ -47,6 +47,8 @@ class _Child:
 class Supervisor:
     workers: int
     child_main: ChildMain
+    # Called once, when every first worker is ready (systemd's READY=1).
+    on_ready: Callable[[], None] | None = None
     children: dict[int, _Child] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
     on_child_exit: list[Callable[[int, int], None]] = field(default_factory=list)
@@ -149,6 +151,9 @@ class Supervisor:
                 self._poll_ready()
                 if all(c.ready for c in self.children.values()):
                     starting = False
+                    if self.on_ready is not None:
+                        self.on_ready()
+                        self.on_ready = None
                 elif time.monotonic() - started > START_TIMEOUT:
                     log.error("workers did not start within %.0fs", START_TIMEOUT)
                     stopping = True
