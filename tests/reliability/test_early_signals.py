@@ -15,19 +15,14 @@ from tests.conftest import ConfigFactory
 from tests.reliability.support import AsyncBackend, Canary, wait_until
 from tests.support.proxy import ProxyProcess
 
-SIGHUP_BIT = 1 << (signal.SIGHUP - 1)
 
-
-def blocked_mask(pid: int) -> int:
-    """The SigBlk of `pid`'s main thread (0 once it is gone)."""
+def loads_uvloop(pid: int) -> bool:
+    """Whether `pid` has mapped uvloop's extension: fopproxy's own code is running, before any
+    event loop exists to handle a signal."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("SigBlk:"):
-            return int(line.split()[1], 16)
-    return 0
+        return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def children(pid: int) -> list[int]:
@@ -38,15 +33,16 @@ def children(pid: int) -> list[int]:
 
 
 def send_early(proxy: ProxyProcess, sig: int, delay: float) -> float:
-    """Send `sig` `delay` s after fopproxy's first line has run; returns ms from spawn to signal.
+    """Send `sig` `delay` s after fopproxy has started loading its runtime; returns ms from spawn.
 
-    Nothing inside a process can act before its interpreter runs the first line of fopproxy: that
-    is CPython's own start-up (20-30 ms on an idle machine, 100-500 ms on this loaded one), where
-    only a launcher can help (systemd's Type=notify holds `systemctl reload` until ready). From
-    the first line on, start-up is fopproxy's: config, certificates, forking workers, binding.
+    Nothing inside a process can act before its interpreter runs fopproxy's first line: that is
+    CPython's own start-up (20-30 ms on an idle machine, 100-500 ms on this loaded one), where
+    only a launcher can help (systemd's Type=notify holds `systemctl reload` until ready). The
+    clock starts when uvloop is mapped: fopproxy's code runs, and no event loop handles signals
+    yet (the old code died there); then come config, certificates, forking workers, binding.
     """
     spawned = time.monotonic()
-    assert wait_until(lambda: blocked_mask(proxy.pid) & SIGHUP_BIT != 0, 10, step=0.0005), "never blocked"
+    assert wait_until(lambda: loads_uvloop(proxy.pid), 20, step=0.002), "uvloop never loaded"
     time.sleep(delay)
     proxy.signal(sig)
     return (time.monotonic() - spawned) * 1000
@@ -78,7 +74,7 @@ def test_early_sighup_does_not_kill(
         canary.check(4096)
         canary.close()
         assert proxy.proc.poll() is None, proxy.log()
-        print(f"workers {workers}: SIGHUP {delay * 1000:.0f} ms after the first line ({sent:.0f} ms after spawn), still serving")
+        print(f"workers {workers}: SIGHUP {delay * 1000:.0f} ms after uvloop loaded ({sent:.0f} ms after spawn), still serving")
         assert proxy.stop() == 0
 
 
@@ -91,7 +87,7 @@ def test_early_sigterm_stops_cleanly(
     with ProxyProcess(tmp_path, proxy_config(echo_server.address, workers=workers), wait=False) as proxy:
         sent = send_early(proxy, signal.SIGTERM, delay)
         code = proxy.proc.wait(30)
-        print(f"workers {workers}: SIGTERM {delay * 1000:.0f} ms after the first line ({sent:.0f} ms after spawn), exit {code}")
+        print(f"workers {workers}: SIGTERM {delay * 1000:.0f} ms after uvloop loaded ({sent:.0f} ms after spawn), exit {code}")
         assert code == 0, proxy.log()
 
 
