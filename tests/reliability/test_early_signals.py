@@ -36,7 +36,7 @@ def send_early(proxy: ProxyProcess, sig: int, delay: float) -> float:
     """Send `sig` `delay` s after fopproxy has started loading its runtime; returns ms from spawn.
 
     Nothing inside a process can act before its interpreter runs fopproxy's first line: that is
-    CPython's own start-up (20-30 ms on an idle machine, 100-500 ms on this loaded one), where
+    CPython's own start-up (100-500 ms on the loaded 2-core test machine), where
     only a launcher can help (systemd's Type=notify holds `systemctl reload` until ready). The
     clock starts when uvloop is mapped: fopproxy's code runs, and no event loop handles signals
     yet (the old code died there); then come config, certificates, forking workers, binding.
