@@ -30,7 +30,8 @@ log = logging.getLogger("fopproxy.metrics")
 MAX_REQUEST_HEAD = 16 * 1024
 # Scrapers and probes send their whole request at once; anyone slower is dropped (slowloris).
 HEAD_TIMEOUT = 3.0
-# An answer (a few KiB) not taken by then is reset: close() alone waits for a reader forever.
+# From a complete request head to the answer taken by the client (the supervisor asks each worker
+# first, up to 2 s each); then the connection is reset: close() alone waits for a reader forever.
 SEND_TIMEOUT = 10.0
 # Open connections on the metrics port; Prometheus and the kubelet need a handful.
 MAX_CLIENTS = 64
@@ -138,7 +139,12 @@ class MetricsHTTPProtocol(asyncio.Protocol):
         if not self.clients.admit(self):
             self.transport.abort()
             return
-        self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.abort)
+        self._deadline(HEAD_TIMEOUT)
+
+    def _deadline(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.abort)
 
     def fileno(self) -> int:
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
@@ -172,6 +178,7 @@ class MetricsHTTPProtocol(asyncio.Protocol):
                 accept = value.strip()
         head_only = method == "HEAD"
         self.answered = True
+        self._deadline(SEND_TIMEOUT)  # the head is in: now the answer's deadline, not the head's
         if self.offload is None or target.split("?", 1)[0] == "/healthz":
             self._send(self._respond(method, target, accept), head_only=head_only)
             return
@@ -193,9 +200,7 @@ class MetricsHTTPProtocol(asyncio.Protocol):
     def _send(self, response: Response, *, head_only: bool) -> None:
         assert self.transport is not None
         self.answered = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(SEND_TIMEOUT, self.abort)
+        self._deadline(SEND_TIMEOUT)
         self.transport.write(encode_response(response, head_only=head_only))
         self.transport.close()
 

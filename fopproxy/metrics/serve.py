@@ -103,9 +103,13 @@ class SupervisorMetrics:
 
     def stop(self) -> None:
         if self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop).result(10)
+            closing = asyncio.run_coroutine_threadsafe(self.listener.close(), self.loop)
+            with contextlib.suppress(TimeoutError):  # the exit code matters more than a tidy close
+                closing.result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+            if self.thread.is_alive():
+                return  # a daemon thread: it ends with the process; closing its loop would raise
         else:
             self.loop.run_until_complete(self.listener.close())
         self.loop.close()
