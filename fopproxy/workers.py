@@ -158,7 +158,11 @@ class Supervisor:
                     log.error("workers did not start within %.0fs", START_TIMEOUT)
                     stopping = True
                     worst = 1
-                    self._forward(signal.SIGTERM)
+                    # A worker stuck starting holds SIGTERM blocked (pending until its loop runs):
+                    # only SIGKILL ends it. Ready workers drain as usual.
+                    for child in list(self.children.values()):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(child.pid, signal.SIGTERM if child.ready else signal.SIGKILL)
             if info is not None and info.si_signo in FORWARDED:
                 if info.si_signo != signal.SIGHUP:
                     if stopping:
