@@ -1,8 +1,7 @@
-"""Process wiring: the event loop, the certificate store, the worker, and `workers: N`.
+"""One worker's event loop: the certificate store, the TLS listener and what runs next to it.
 
-`run(config)` is what `fopproxy -c FILE` does. With one worker everything runs in this process;
-with more, a supervisor forks them (each binds the port with SO_REUSEPORT, so the kernel spreads
-connections), forwards signals, and replaces a worker that dies.
+`serve_worker` is the whole life of one proxy process (or of one of N forked workers). How
+processes are put together (one worker, N workers, N workers + metrics) is `fopproxy.process`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from fopproxy import signals
 from fopproxy.config import Config
 from fopproxy.reload import CertificateStore
 from fopproxy.server import Worker
@@ -46,41 +46,6 @@ def new_store(config: Config, stats: Stats) -> CertificateStore | None:
     )
 
 
-async def serve_worker(
-    config: Config,
-    *,
-    reuse_port: bool = False,
-    ready: Callable[[], None] | None = None,
-    hooks: tuple[WorkerHook, ...] = (),
-) -> int:
-    """Run one worker on the current (uvloop) loop until a signal drains it."""
-    loop = asyncio.get_running_loop()
-    stats = Stats()
-    store = new_store(config, stats)
-    outbound = new_outbound(config, stats)
-    worker = Worker(config, store, stats, reuse_port=reuse_port, outbound=outbound)
-    worker.install_signal_handlers(loop)
-    try:
-        async with contextlib.AsyncExitStack() as running:
-            await worker.start()
-            for hook in hooks:
-                await running.enter_async_context(hook(worker))
-            if store is not None and config.tls is not None:
-                certs = ", ".join(
-                    f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
-                    for c in store.current.certificates
-                )
-                log.info(
-                    "listening on %s -> %s, profile %s, pid %d, certificates: %s",
-                    config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
-                )
-            if ready is not None:
-                ready()
-            return await worker.serve()
-    finally:
-        worker.remove_signal_handlers(loop)
-
-
 def new_outbound(config: Config, stats: Stats) -> OutboundService | None:
     """The outbound listeners' service, trust and client certificates validated (exit 2 if not).
 
@@ -102,16 +67,50 @@ def new_outbound(config: Config, stats: Stats) -> OutboundService | None:
     )
 
 
-def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
-    """What each worker starts next to its listener (the metrics listener, where configured).
+async def serve_worker(
+    config: Config,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[], None] | None = None,
+    hooks: tuple[WorkerHook, ...] = (),
+) -> int:
+    """Run one worker on the current (uvloop) loop until a signal drains it.
 
-    With `workers: N` the supervisor serves metrics (see `run`), so workers get none here.
+    The process signals are blocked from process start (`fopproxy.signals`); they are lifted
+    here once the loop handles them, so a SIGHUP or SIGTERM sent before that is handled now: a
+    SIGTERM that came early drains a worker that has just started, with exit 0.
     """
-    if config.metrics.listen is None or config.workers > 1:
-        return ()
-    from fopproxy.metrics import serve_metrics
-
-    return (serve_metrics,)
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    store = new_store(config, stats)
+    outbound = new_outbound(config, stats)
+    worker = Worker(config, store, stats, reuse_port=reuse_port, outbound=outbound)
+    previous = signals.block()  # a caller other than the CLI (a test) gets the same guarantee
+    worker.install_signal_handlers(loop)
+    signals.unblock()
+    try:
+        async with contextlib.AsyncExitStack() as running:
+            await worker.start()
+            for hook in hooks:
+                await running.enter_async_context(hook(worker))
+            if store is not None and config.tls is not None:
+                certs = ", ".join(
+                    f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
+                    for c in store.current.certificates
+                )
+                log.info(
+                    "listening on %s -> %s, profile %s, pid %d, certificates: %s",
+                    config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
+                )
+            if ready is not None:
+                ready()
+            return await worker.serve()
+    finally:
+        # Blocked again before the handlers go: a late signal must not kill a process that
+        # has drained and is returning its exit code.
+        signals.block()
+        worker.remove_signal_handlers(loop)
+        signals.restore(previous)
 
 
 def run_worker(
@@ -119,23 +118,7 @@ def run_worker(
     *,
     reuse_port: bool = False,
     ready: Callable[[], None] | None = None,
-    hooks: tuple[WorkerHook, ...] | None = None,
+    hooks: tuple[WorkerHook, ...] = (),
 ) -> int:
-    if hooks is None:
-        hooks = worker_hooks(config)
+    """`serve_worker` on a fresh uvloop loop: the body of a worker process."""
     return uvloop.run(serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=hooks))
-
-
-def run(config: Config) -> int:
-    # Validate certificates before forking anything, so a bad file is one clear error.
-    new_store(config, Stats())
-    new_outbound(config, Stats())
-    if config.workers == 1:
-        return run_worker(config)
-    if config.metrics.listen is not None:
-        from fopproxy.metrics import run_supervised
-
-        return run_supervised(config)
-    from fopproxy.workers import Supervisor
-
-    return Supervisor(config).run()

@@ -1,6 +1,6 @@
 """One worker process: the TLS listener, its lifecycle, and the ordered graceful shutdown.
 
-Shutdown order (SIGTERM/SIGINT, or the injected `shutdown` event): stop accepting (the listening
+Shutdown order (SIGTERM/SIGINT, or `request_shutdown()`): stop accepting (the listening
 socket closes, so new clients are refused and readiness turns false), let open connections finish
 for up to `timeouts.drain` seconds, reset whatever is left, stop the watchers, exit 0. A second
 signal skips the wait.
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fopproxy.config import Config
@@ -83,7 +82,6 @@ class Worker:
         self.draining = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.on_ready: list[Callable[[Worker], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -127,10 +125,10 @@ class Worker:
     async def start(self) -> None:
         if self.store is not None:
             await self._start_inbound()
+        else:
+            raise_nofile_limit()  # the inbound start does it where there is one
         if self.outbound is not None:
             await self.outbound.start(reuse_port=self.reuse_port)
-        for callback in self.on_ready:
-            callback(self)
 
     async def _start_inbound(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import socket
@@ -18,16 +19,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fopproxy.certs import CertificateSource, load_certificate_set
-from fopproxy.metrics import (
-    MetricsHTTPProtocol,
-    Snapshot,
-    WorkerAggregator,
-    make_registry,
-    respond,
-    snapshot_path,
-    take_snapshot,
-)
-from fopproxy.outbound.collector import ClientCertificateGauge, OutboundSnapshot, outbound_families
+from fopproxy.metrics.aggregate import WorkerAggregator, snapshot_path
+from fopproxy.metrics.collector import make_registry
+from fopproxy.metrics.http import MetricsHTTPProtocol, respond
+from fopproxy.metrics.snapshot import MetricsSnapshot, take_snapshot
+from fopproxy.outbound.collector import ClientCertificateGauge, OutboundSnapshot
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
 from tests.conftest import SERVER_NAME, TLSFiles
@@ -60,6 +56,7 @@ def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = Non
         stats=stats,
         relay=SimpleNamespace(active=active if active is not None else set()),
         store=SimpleNamespace(current=certificates),
+        outbound=None,
         ready=ready,
     )
 
@@ -156,7 +153,7 @@ def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TL
 def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     """A worker's snapshot survives JSON; two snapshots add counters and merge certificates."""
     snap = take_snapshot(fake_worker(tls_files, busy_stats()), 99.0)
-    again = Snapshot.from_json(snap.to_json())
+    again = MetricsSnapshot.from_json(snap.to_json())
     assert again == snap
     total = snap + again
     assert total.handshakes[("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")] == 10
@@ -165,7 +162,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     assert len(total.certificates) == 2  # the same two certificates, not four
     assert snap.add_counters(again).connections_active == snap.connections_active  # gauges not folded
     with pytest.raises(ValueError, match="not a worker snapshot"):
-        Snapshot.from_json(b'{"handshakes": []}')
+        MetricsSnapshot.from_json(b'{"handshakes": []}')
 
 
 # ---- supervisor aggregation over real Unix sockets ---------------------------------------------
@@ -174,7 +171,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
 class SnapshotServer:
     """A worker's snapshot socket, played by a thread that answers `snapshot()` as JSON."""
 
-    def __init__(self, path: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, path: Path, snapshot: Callable[[], MetricsSnapshot]) -> None:
         self.path = path
         self.snapshot = snapshot
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,12 +204,12 @@ def servers() -> Iterator[list[SnapshotServer]]:
             server.close()
 
 
-def handshakes(count: int, ready: bool = True) -> Snapshot:
-    return Snapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
+def handshakes(count: int, ready: bool = True) -> MetricsSnapshot:
+    return MetricsSnapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
                     connections_active=count, ready=ready)
 
 
-def total_handshakes(snap: Snapshot) -> int:
+def total_handshakes(snap: MetricsSnapshot) -> int:
     return sum(snap.handshakes.values())
 
 
@@ -248,7 +245,7 @@ def test_aggregator_ignores_an_answer_from_a_worker_already_folded(tmp_path: Pat
     """A worker reaped while a scrape was querying it is not counted twice."""
     aggregator = WorkerAggregator(tmp_path, workers=1)
 
-    def answer_then_die() -> Snapshot:
+    def answer_then_die() -> MetricsSnapshot:
         aggregator.on_child_exit(0, 201)  # the supervisor reaps it mid-query
         return handshakes(4)
 
@@ -314,14 +311,14 @@ async def test_asyncio_responder_over_loopback(tls_files: TLSFiles) -> None:
 
 def exported_names(tls_files: TLSFiles) -> set[str]:
     snapshot = take_snapshot(fake_worker(tls_files, busy_stats()), 0.0)
-    registry = make_registry(lambda: snapshot)
-    names = {s.name for family in registry.collect() for s in family.samples}
-    # The outbound families, as a process with one outbound that made a call exports them.
+    # With one outbound that made a call, so that its families have samples too.
     outbound = OutboundSnapshot(
         "google", handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): 1}, peer_not_after=1.0,
         client_certificate=ClientCertificateGauge("CN=partner", "3c", "ecdsa", 0.0, 1.0),
     )
-    return names | {s.name for family in outbound_families([outbound]) for s in family.samples}
+    snapshot = dataclasses.replace(snapshot, outbound=(outbound,))
+    registry = make_registry(lambda: snapshot)
+    return {s.name for family in registry.collect() for s in family.samples}
 
 
 def test_rules_and_dashboard_use_only_exported_metrics(tls_files: TLSFiles) -> None:

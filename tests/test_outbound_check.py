@@ -29,8 +29,8 @@ def _check(folder: Path, entry: dict[str, Any], capsys: pytest.CaptureFixture[st
     return code, report
 
 
-def _by_rule(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["rule"]: r for r in report["results"] if r["subject"] == "outbound[0]"}
+def _by_rule(report: dict[str, Any], subject: str = "outbound[0]") -> dict[str, dict[str, Any]]:
+    return {r["rule"]: r for r in report["results"] if r["subject"] == subject}
 
 
 def test_outbound_only_config_passes_with_mozilla_trust(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -39,7 +39,7 @@ def test_outbound_only_config_passes_with_mozilla_trust(tmp_path: Path, capsys: 
     rules = _by_rule(report)
     assert rules["outbound.trust"]["status"] == "PASS"
     assert rules["outbound.trust"]["detail"].startswith("mozilla: ")
-    assert rules["outbound.client_certificate"]["status"] == "SKIP"
+    assert not _by_rule(report, "outbound[0].client_certificate")  # none configured
     policy = rules["outbound.client_policy"]["detail"]
     assert policy.startswith("offers TLSv1_2..TLSv1_2 with ECDHE-ECDSA-AES128-GCM-SHA256, ")
     assert rules["startup"]["status"] == "PASS"
@@ -58,10 +58,13 @@ def test_expired_client_certificate_and_unreadable_trust_fail(
     assert code == 1
     rules = _by_rule(report)
     assert rules["outbound.trust"]["status"] == "PASS"
-    assert rules["outbound.client_certificate"]["status"] == "FAIL"
-    assert "expired on" in rules["outbound.client_certificate"]["detail"]
+    client = _by_rule(report, "outbound[0].client_certificate")  # the served ones' rule rows
+    assert client["cert.validity"]["status"] == "FAIL"
+    assert client["cert.validity"]["detail"].startswith("expired on")
+    assert client["cert.key_match"]["status"] == "PASS"
+    assert client["cert.names"]["status"] == "SKIP"  # a client certificate covers no server name
     assert rules["startup"]["status"] == "FAIL"
-    assert str(old.serial) != ""
+    assert f"outbound[0].client_certificate: {old.cert}: expired on" in rules["startup"]["detail"]
     (tmp_path / "ca.pem").write_text("garbage\n")
     code, report = _check(tmp_path, {"trust": "ca.pem"}, capsys)
     assert code == 1

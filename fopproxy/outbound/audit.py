@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from fopproxy.certrules import judge
 from fopproxy.compliance.report import Report
-from fopproxy.compliance.rules import EXPIRY_WARNING_DAYS, Result
+from fopproxy.compliance.rules import Result, result_rows
 from fopproxy.config import Config
 from fopproxy.errors import CertificateError, ComplianceError
 from fopproxy.outbound.context import ClientPolicy
 from fopproxy.outbound.material import (
     build_outbound_tls,
+    client_evidence,
     read_files,
-    validate_client_certificate,
     validate_trust,
 )
 from fopproxy.outbound.model import OutboundConfig
@@ -58,7 +59,8 @@ def outbound_results(config: Config, now: datetime) -> list[Result]:
 
 
 def entry_results(entry: OutboundConfig, now: datetime) -> list[Result]:
-    """One entry's lines: connect, trust, client certificate, client policy, start-up."""
+    """One entry's rows: connect, trust, the client certificate's (as a served one's), client
+    policy, start-up."""
     subject = entry.key
     results = [
         Result(
@@ -84,25 +86,18 @@ def entry_results(entry: OutboundConfig, now: datetime) -> list[Result]:
         results.append(
             Result("outbound.trust", subject, "WARN" if expired else "PASS", detail)
         )
-    if entry.client_certificate is None:
-        results.append(
-            Result("outbound.client_certificate", subject, "SKIP", "none configured (no mTLS)")
-        )
-    else:
+    if entry.client_certificate is not None:
+        # The served certificates' rows, from the same rule table (no server name to cover).
+        where = f"{subject}.client_certificate"
         try:
-            info = validate_client_certificate(entry, files, now)
+            evidence = client_evidence(entry, files, now, search_roots=True)
         except CertificateError as exc:
-            results.append(Result("outbound.client_certificate", subject, "FAIL", str(exc)))
+            results.append(Result("cert.read", where, "FAIL", str(exc)))
         else:
-            days = (info.not_after - now).days
-            results.append(
-                Result(
-                    "outbound.client_certificate",
-                    subject,
-                    "WARN" if days < EXPIRY_WARNING_DAYS else "PASS",
-                    f"{info.label} ({info.key_type}), {days} days left",
-                )
-            )
+            count = len(evidence.chain)
+            results.append(Result("cert.read", where, "PASS", f"{evidence.cert_file}: {count} "
+                                  "certificate(s)"))
+            results.extend(result_rows(where, judge(evidence)))
     try:
         built = build_outbound_tls(entry, files, now)
     except (CertificateError, ComplianceError) as exc:

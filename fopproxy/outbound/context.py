@@ -11,7 +11,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from fopproxy.certs import hostname_matches
+from fopproxy.certrules import hostname_matches
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
 from fopproxy.tls import offered_suites, restrict_tls13_suites

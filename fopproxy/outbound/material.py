@@ -21,17 +21,10 @@ from pathlib import Path
 
 import certifi
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
-from fopproxy.certs import (
-    MIN_RSA_BITS,
-    _memory_files,
-    chain_order_problem,
-    describe_key,
-    parse_chain,
-    parse_private_key,
-    public_key_der,
-    weak_signature_problem,
-)
+from fopproxy.certrules import Evidence, PrivateKey, refusal
+from fopproxy.certs import _memory_files, parse_chain, parse_private_key
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -134,55 +127,55 @@ def validate_trust(entry: OutboundConfig, data: bytes) -> tuple[x509.Certificate
     return tuple(chain)
 
 
-def validate_client_certificate(
-    entry: OutboundConfig, files: Files, now: datetime | None = None
-) -> ClientCertificateInfo:
-    """The checks a served certificate gets, less the server-name coverage (it names a client)."""
+def client_evidence(
+    entry: OutboundConfig, files: Files, now: datetime | None = None, *, search_roots: bool = False
+) -> Evidence:
+    """What the certificate rules (certrules.py) judge for a client certificate: the served
+    certificates' rules, with no server name to cover and no suite selection to fit."""
     source = entry.client_certificate
     assert source is not None
     assert files.cert_pem is not None
     assert files.key_pem is not None
-    where = f"{entry.key}.client_certificate: {source.cert}"
+    chain = parse_chain(files.cert_pem)
     try:
-        chain = parse_chain(files.cert_pem)
-        key = parse_private_key(files.key_pem, files.password)
-        if public_key_der(key) != public_key_der(chain[0].public_key()):
-            raise KeyMismatchError(
-                f"key {source.key} does not match the certificate (different public keys)"
-            )
-        key_type = _client_chain_problem(chain, now or datetime.now(UTC))
+        key = PrivateKey(str(source.key), parse_private_key(files.key_pem, files.password))
+    except CertificateError as exc:
+        key = PrivateKey(str(source.key), None, exc)
+    return Evidence(
+        chain=chain,
+        server_name=None,
+        now=now or datetime.now(UTC),
+        cert_file=str(source.cert),
+        key=key,
+        selection=None,
+        search_roots=search_roots,
+    )
+
+
+def validate_client_certificate(
+    entry: OutboundConfig, files: Files, now: datetime | None = None
+) -> ClientCertificateInfo:
+    """Refuse the client certificate for what a served one is refused for (same rule table)."""
+    where = f"{entry.key}.client_certificate"
+    try:
+        evidence = client_evidence(entry, files, now)
+        problem = refusal(evidence)
+        key_type = evidence.key_info.key_type
     except CertificateError as exc:
         raise type(exc)(f"{where}: {exc}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise CertificateError(f"{where}: cannot be parsed ({exc})") from None
-    leaf = chain[0]
+    if problem is not None:
+        raise type(problem)(f"{where}: {problem}")
+    assert key_type is not None  # the cert.key rule refuses any other key
+    leaf = evidence.leaf
     return ClientCertificateInfo(
-        label=leaf.subject.rfc4514_string() or source.cert.name,
+        label=leaf.subject.rfc4514_string() or evidence.cert_file,
         serial_hex=format(leaf.serial_number, "x"),
         key_type=key_type,
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
     )
-
-
-def _client_chain_problem(chain: list[x509.Certificate], moment: datetime) -> str:
-    """The leaf's key type; CertificateError for what the served certificates are refused for."""
-    leaf = chain[0]
-    info = describe_key(leaf.public_key())
-    problem = None
-    if info.key_type is None:
-        problem = f"key is {info.description}"
-    elif info.key_type == "rsa" and info.bits < MIN_RSA_BITS:
-        problem = f"RSA key has {info.bits} bits, at least 2048 needed"
-    elif moment < leaf.not_valid_before_utc:
-        problem = f"not valid before {leaf.not_valid_before_utc.isoformat()}"
-    elif moment >= leaf.not_valid_after_utc:
-        problem = f"expired on {leaf.not_valid_after_utc.isoformat()}"
-    else:
-        problem = weak_signature_problem(chain) or chain_order_problem(chain)
-    if problem is not None or info.key_type is None:
-        raise CertificateError(problem or "unusable key")
-    return info.key_type
 
 
 def build_outbound_tls(
