@@ -573,3 +573,27 @@ def test_app_that_does_not_read_is_bounded_by_backpressure(
     grew = stalled - before
     print(f"RSS while the app did not read: {before} -> {stalled} KiB")
     assert grew < 8 * 1024, f"fopproxy grew by {grew} KiB while the app did not read"
+
+
+def test_workers_share_the_outbound_port_and_metrics_add_up(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """workers: 2: both bind the outbound port (SO_REUSEPORT); the supervisor sums their counts."""
+    from tests.integration.test_metrics import scrape, value
+
+    calls = 12
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), echo) as server:
+        config = outbound_config(server, pki)
+        port = free_port()
+        config.update(workers=2, metrics={"listen": f"127.0.0.1:{port}"})
+        proxy = start(config)
+        for index in range(calls):
+            assert app_call(proxy, b"call %d" % index) == b"call %d" % index
+        _, samples = scrape(port)
+    total = sum(
+        v for (name, labels), v in samples.items()
+        if name == "fopproxy_outbound_tls_handshakes_total" and ("outbound", "google") in labels
+    )
+    assert total == calls
+    assert value(samples, "fopproxy_outbound_bytes_total", outbound="google",
+                 direction="to_app") == sum(len(b"call %d" % i) for i in range(calls))
