@@ -182,7 +182,7 @@ class Relay:
                     conn._lean = True
                     if releaser.release(conn._in) | releaser.release(conn._out):
                         released += 1
-            elif state != CLOSED and now >= conn._deadline:
+            elif now >= conn._deadline:
                 conn._expired()
         if released >= TRIM_AFTER_RELEASES:
             trim_heap()
@@ -430,8 +430,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._connect_task = relay.loop.create_task(self._connect())
 
     def _expired(self) -> None:
-        """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
-        if self.state == HANDSHAKE:
+        """A handshake, backend dial or close ran past its timeout (called by Relay._sweep)."""
+        if self.state == CLOSED:
+            # Closing, but the client has not taken what is queued within `timeouts.close`
+            # (a zero window): reset, so that it gives back its slot and buffers.
+            self._release_backend(abort=True)
+            if self._transport is not None:
+                self._transport.abort()
+        elif self.state == HANDSHAKE:
             self._handshake_failed("timeout")
         elif self.state == CONNECTING and self._connect_task is not None:
             self._connect_task.cancel()
@@ -442,7 +448,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _handshake_failed(self, reason: str) -> None:
         self._count_handshake_error(reason)
         self._reason = f"handshake_error:{reason}"
-        self.state = CLOSED
+        self._closing()
         if self._transport is not None:
             self._transport.close()
 
@@ -475,7 +481,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             "backend %s unavailable (%s): %s", self.relay.backend, reason, exc or "timed out"
         )
         self._reason = f"backend_connect:{reason}"
-        self.state = CLOSED
+        self._closing()
         # Nothing reached the client yet: close at once, no close_notify (it would read as a
         # clean, empty answer).
         if self._transport is not None:
@@ -546,7 +552,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if exc is not None:
             # Reset mid-stream: no close_notify, so the client can tell the answer is truncated.
             self._reason = "backend_reset"
-            self.state = CLOSED
+            self._closing()
             if self._transport is not None:
                 self._transport.close()
         elif not self.backend_done:
@@ -670,8 +676,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._send_close_notify()
         self._close_both()
 
-    def _close_both(self, *, abort_backend: bool = False) -> None:
+    def _closing(self) -> None:
+        """CLOSED, with `timeouts.close` for the client transport to deliver what is queued."""
         self.state = CLOSED
+        relay = self.relay
+        self._deadline = relay.time() + relay.timeouts.close
+
+    def _close_both(self, *, abort_backend: bool = False) -> None:
+        self._closing()
         self._release_backend(abort=abort_backend)
         if self._transport is not None:
             self._transport.close()
