@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import re
 import socket
 import ssl
+import sys
+import termios
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -51,6 +54,15 @@ TLS_SLICE = 16 * 1024
 BULK_AFTER = 256 * 1024
 # SSL_read returns at most one record's plaintext; asking for more costs nothing.
 SSL_READ_SIZE = 16 * 1024 + 256
+# Once relaying, a read from one side is sized to the room the other side's write buffer has
+# below its high-water mark WRITE_HIGH (in whole records, at least one), so a peer that stops
+# reading holds at most about WRITE_HIGH plus one record, never a whole 256 KiB read (each
+# buffered byte costs about two in RSS: measured ≈65 KiB per stalled connection with 32 KiB).
+# A fast client keeps its write buffer empty: during bulk transfers the room its kernel send
+# buffer still has is added (one ioctl per read), so bulk reads stay 256 KiB.
+ROOM_STEP = TLS_SLICE
+WRITE_HIGH = 32 * 1024
+_outq = bytearray(4)
 
 HANDSHAKE, CONNECTING, OPEN, CLOSED = range(4)
 # A freed BIO buffer is a few KiB in the middle of the heap; RSS falls only once the heap is
@@ -107,6 +119,22 @@ def _printable_sni(name: str | None) -> str:
     return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
 
 
+def _room(transport: asyncio.Transport) -> int:
+    """How many ROOM_STEPs the next read for `transport` may be (1 to the whole buffer)."""
+    return max(1, (WRITE_HIGH - transport.get_write_buffer_size()) // ROOM_STEP)
+
+
+def _kernel_room(sock: Any) -> int:
+    """Bytes the socket's send buffer can still take, counted low: half of SO_SNDBUF (the
+    kernel counts its bookkeeping in it) less what is queued and not yet acknowledged."""
+    try:
+        half = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >> 1
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _outq, True)  # SIOCOUTQ, into _outq
+    except (OSError, AttributeError):
+        return 0
+    return max(0, int(half) - int.from_bytes(_outq, sys.byteorder))
+
+
 class Relay:
     """What every connection of one listener shares: policy, counters, the read buffer."""
 
@@ -135,6 +163,9 @@ class Relay:
         # Before the relay is open, reads are at most one slice: what arrives while the backend
         # is dialled waits in the incoming BIO, which must stay small.
         self.small_buffer = self.buffer[:SMALL_SLICE]
+        # Views of the read buffer in whole ROOM_STEPs: sizing a read allocates nothing.
+        self.sized_buffers = [self.buffer[: max(1, i) * ROOM_STEP]
+                              for i in range(READ_BUFFER_SIZE // ROOM_STEP + 1)]
         # One timer per listener instead of one per connection phase: creating and cancelling a
         # loop timer (a libuv handle) per phase cost more than scanning the open connections.
         self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
@@ -216,11 +247,10 @@ class Relay:
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
-    __slots__ = ("buffer", "buffer_updated", "conn")
+    __slots__ = ("buffer_updated", "conn")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.buffer = conn.relay.buffer
         # Every backend read goes straight to the connection: one Python frame less per read.
         self.buffer_updated = conn.from_backend  # type: ignore[method-assign]
 
@@ -228,7 +258,7 @@ class BackendProtocol(asyncio.BufferedProtocol):
         self.conn.backend_made(transport)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
+        return self.conn.backend_read_buffer()
 
     def eof_received(self) -> bool:
         return self.conn.backend_eof()
@@ -249,6 +279,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     __slots__ = (
         "_backend_full",
         "_client_done",
+        "_client_sock",
         "_connect_task",
         "_deadline",
         "_in",
@@ -288,6 +319,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.to_client = 0
         self._in_slice = SMALL_SLICE
         self._out_slice = SMALL_SLICE
+        self._client_sock: Any = None
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -332,7 +364,23 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         relay = self.relay
-        return relay.buffer if self.state == OPEN else relay.small_buffer
+        if self.state != OPEN:
+            return relay.small_buffer
+        backend = self.backend
+        if backend is None:
+            return relay.small_buffer
+        return relay.sized_buffers[_room(backend)]
+
+    def backend_read_buffer(self) -> memoryview:
+        """A backend read may fill what the client's write buffer can take (see ROOM_STEP)."""
+        transport = self._transport
+        relay = self.relay
+        if transport is None:
+            return relay.small_buffer
+        if self.to_client >= BULK_AFTER and not transport.get_write_buffer_size():
+            room = (WRITE_HIGH + _kernel_room(self._client_sock)) // ROOM_STEP
+            return relay.sized_buffers[min(room, len(relay.sized_buffers) - 1)]
+        return relay.sized_buffers[_room(transport)]
 
     def buffer_updated(self, nbytes: int) -> None:
         step = self._in_slice
@@ -493,6 +541,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.backend = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(high=WRITE_HIGH)
+            self._client_sock = self._transport.get_extra_info("socket")
         self.state = OPEN
         self._last = self.relay.time()
         self._moved = -1
