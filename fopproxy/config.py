@@ -287,7 +287,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     server_name = p.typed(top, "server_name", "", _server_name, required=True)
     tls = _parse_tls(p, top.get("tls"), base_dir)
 
-    t = p.mapping(top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain", "close"))
+    t = p.mapping(
+        top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain", "close")
+    )
     defaults = Timeouts()
     timeouts = Timeouts(
         handshake=p.typed(t, "handshake", "timeouts", _seconds, defaults.handshake)

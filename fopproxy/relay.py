@@ -108,6 +108,43 @@ def classify_connect_error(exc: BaseException) -> str:
     return "other"
 
 
+class _SniDecodeGuard:
+    """Turns CPython's "Exception ignored" report of an undecodable SNI into a flag.
+
+    CPython decodes the ClientHello's server_name as ASCII before calling the SNI callback; on
+    failure it prints a traceback to stderr (per handshake, outside the log) and fails the
+    handshake. That happens inside `do_handshake`, synchronously, so the handshake that raises
+    next is the one that carried the name: it is refused as `invalid_sni` instead.
+    """
+
+    def __init__(self) -> None:
+        self.tripped = False
+        self.previous: Callable[[Any], object] = sys.unraisablehook
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, UnicodeDecodeError) and exc.encoding == "ascii" and isinstance(
+            unraisable.object, bytes
+        ):
+            self.tripped = True
+            return
+        self.previous(unraisable)
+
+    def take(self) -> bool:
+        tripped, self.tripped = self.tripped, False
+        return tripped
+
+
+def _sni_guard() -> _SniDecodeGuard:
+    """The process's guard, installed once as sys.unraisablehook."""
+    hook = sys.unraisablehook
+    if isinstance(hook, _SniDecodeGuard):
+        return hook
+    guard = _SniDecodeGuard()
+    sys.unraisablehook = guard
+    return guard
+
+
 _PLAIN_SNI = re.compile(r"[A-Za-z0-9._*-]{1,253}").fullmatch
 
 
@@ -173,6 +210,7 @@ class Relay:
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_rejection_log = 0.0
         self.bio_releaser = bio_releaser()
+        self.sni_guard = _sni_guard()
 
     def note_rejected(self, reason: str) -> None:
         """Log shedding at most once a second: a flood must not become a flood of log lines."""
@@ -339,7 +377,6 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()  # type: ignore[attr-defined]  # a Transport, see above
             return
         relay.active.add(self)
-        stats.connections_accepted += 1
         stats.connections_active = len(relay.active)
         if relay.log_connections:
             self._peer = transport.get_extra_info("peername")
@@ -462,7 +499,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         except ssl.SSLError as exc:
             self._flush()  # the alert OpenSSL produced goes out before the close
-            self._handshake_failed(classify_handshake_error(exc))
+            bad_name = self.relay.sni_guard.take()
+            self._handshake_failed("invalid_sni" if bad_name else classify_handshake_error(exc))
             return
         self._flush()
         relay = self.relay

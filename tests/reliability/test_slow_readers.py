@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVER_NAME
 from tests.reliability.conftest import StartProxy
-from tests.reliability.support import AsyncBackend, client_hello, closed_within, rss_kib, wait_until
+from tests.reliability.support import (
+    AsyncBackend,
+    client_hello,
+    closed_within,
+    plaintext_alert,
+    rss_kib,
+    wait_until,
+)
 from tests.support.backends import free_port
 
 # The bound documented for timeouts.close (config/proxy.yaml) when the key is not set.
@@ -151,6 +158,7 @@ def test_non_utf8_sni_is_refused_and_counted_without_traceback(start_proxy: Star
                 sock.sendall(_with_sni(client_hello(ctx), bad))
                 closed, seen, seconds = closed_within(sock, 5)
             assert closed and seconds < 1.5
+            assert plaintext_alert(seen) is not None and plaintext_alert(seen)[0] == 2  # type: ignore[index]
         proxy.wait_for_log("reason=handshake_error:invalid_sni", count=3)
         assert metric(metrics_port, "fopproxy_tls_handshake_errors_total", reason="invalid_sni") == 3
         log = proxy.log()
