@@ -63,18 +63,18 @@ def test_quiet_relay_frees_its_bio_buffers_and_keeps_relaying(
                 await _exchange(reader, writer, 64 * 1024)
                 (conn,) = relay.active
                 assert conn.state == OPEN
-                assert releaser.allocated(conn._in) > 0
-                assert releaser.allocated(conn._out) > 0
+                assert releaser.allocated(conn.pipe.incoming) > 0
+                assert releaser.allocated(conn.pipe.outgoing) > 0
                 relay._sweep()  # notices the bytes moved since the last sweep: keeps the buffers
-                assert releaser.allocated(conn._out) > 0
+                assert releaser.allocated(conn.pipe.outgoing) > 0
                 relay._sweep()  # quiet for a whole sweep: buffers freed
-                assert releaser.allocated(conn._in) == 0
-                assert releaser.allocated(conn._out) == 0
+                assert releaser.allocated(conn.pipe.incoming) == 0
+                assert releaser.allocated(conn.pipe.outgoing) == 0
             # and the freed connection relays again, byte-exact, in both directions
             await _exchange(reader, writer, 300 * 1024)
         finally:
             writer.close()
-            relay.abort_all("test over")
+            relay.abort_all("drain_timeout")
             server.close()
             await server.wait_closed()
 
