@@ -179,7 +179,7 @@ def test_one_scrape_shows_exactly_the_traffic_produced(tmp_path: Path, proxy_con
         _, before = scrape(port)
         # Every reason is there at 0 before the first error, so alerts have a series to watch.
         assert all(v == 0 for v in labelled(before, "fopproxy_tls_handshake_errors_total").values())
-        assert len(labelled(before, "fopproxy_tls_handshake_errors_total")) == 7
+        assert len(labelled(before, "fopproxy_tls_handshake_errors_total")) == 8
         sent = good_handshakes(proxy, tls_files)
         errors = failed_handshakes(proxy)
         body, samples = settled_scrape(port)
