@@ -660,6 +660,11 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # ---- the sweeper's view, and closing ---------------------------------------------------
 
+    @property
+    def close_reason(self) -> str:
+        """The `reason=` its log line carries (`done` until a close says otherwise)."""
+        return self._reason.text(self._detail)
+
     def tick(self, now: float, idle: float, releaser: BioReleaser | None) -> bool:
         """The sweeper's one call: notice activity, enforce the deadline of the current phase
         (handshake, dial, idle, close), give a quiet relay's BIO buffers back (True if freed)."""
@@ -776,5 +781,5 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.to_client,
                 # Whole microseconds: no float repr (a decimal conversion) per connection.
                 int((perf_counter() - self._started) * 1e6),
-                self._reason.text(self._detail),
+                self.close_reason,
             )

@@ -8,9 +8,16 @@ import contextlib
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import SERVER_NAME
+from fopproxy.certs import load_certificate_set
+from fopproxy.config import TcpAddress, Timeouts, parse_config
+from fopproxy.relay import OPEN, ClientConnection, Relay
+from fopproxy.stats import Stats
+from tests.conftest import SERVER_NAME, TLSFiles
+from tests.support.backends import ThreadedBackend
+from tests.support.proxy import client_context
 
 
 @dataclass
@@ -170,6 +177,11 @@ class MemoryClient:
         self.tls.write(data)
         self.pump()
 
+    def tls_record(self, data: bytes) -> bytes:
+        """Encrypt `data` and return its record without sending it."""
+        self.tls.write(data)
+        return self.outgoing.read()
+
     def received(self) -> bytes:
         """Plaintext the connection has sent so far (b"" once close_notify was read)."""
         self.incoming.write(self.transport.take())
@@ -178,3 +190,37 @@ class MemoryClient:
             while chunk := self.tls.read(65536):
                 plain += chunk
         return plain
+
+
+def relay_for(
+    tls_files: TLSFiles, backend: ThreadedBackend, loop: asyncio.AbstractEventLoop,
+    timeouts: Timeouts | None = None, *, log_connections: bool = False,
+) -> Relay:
+    """A Relay on `loop` for the test certificates and `backend`, as a worker builds it."""
+    config = parse_config(
+        {
+            "listen": "127.0.0.1:1",
+            "backend": backend.address,
+            "server_name": SERVER_NAME,
+            "tls": {"certificates": tls_files.entries()},
+        },
+        Path("."),
+    )
+    certs = load_certificate_set(config.tls.certificates, config.server_name, config.tls.selection)
+    assert isinstance(config.backend, TcpAddress)
+    return Relay(loop, lambda: certs, config.backend, timeouts or Timeouts(), 100, Stats(), log_connections)
+
+
+async def opened_connection(tls_files: TLSFiles, backend: ThreadedBackend, **timeouts: float) -> tuple[Relay, ClientConnection, MemoryClient]:
+    """A relay on the running loop and one connection through its handshake and backend dial."""
+    loop = asyncio.get_running_loop()
+    relay = relay_for(tls_files, backend, loop, Timeouts(**timeouts), log_connections=True)
+    conn = relay.protocol_factory()
+    client = MemoryClient(conn, client_context(tls_files.cafile))
+    client.handshake()
+    for _ in range(200):
+        if conn.state == OPEN:
+            break
+        await asyncio.sleep(0.01)
+    assert conn.state == OPEN
+    return relay, conn, client
