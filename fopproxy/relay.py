@@ -46,8 +46,9 @@ READ_BUFFER_SIZE = 256 * 1024
 # below its high-water mark WRITE_HIGH (in whole records, at least one), so a peer that stops
 # reading holds at most about WRITE_HIGH plus one record, never a whole 256 KiB read (each
 # buffered byte costs about two in RSS: measured ≈65 KiB per stalled connection with 32 KiB).
-# A fast client keeps its write buffer empty: during bulk transfers the room its kernel send
-# buffer still has is added (one ioctl per read), so bulk reads stay 256 KiB.
+# A client that keeps up leaves its write buffer empty: during bulk transfers the room its
+# kernel send buffer still has is added (a getsockopt and an ioctl per read), so bulk reads
+# stay up to 256 KiB; low-water 0 resumes a paused backend only once the buffer is empty.
 ROOM_STEP = TLS_SLICE
 WRITE_HIGH = 32 * 1024
 _outq = bytearray(4)
@@ -149,15 +150,14 @@ def _room(transport: asyncio.Transport) -> int:
     return max(1, (WRITE_HIGH - transport.get_write_buffer_size()) // ROOM_STEP)
 
 
-def _kernel_room(sock: Any) -> int:
-    """Bytes the socket's send buffer can still take, counted low: half of SO_SNDBUF (the
-    kernel counts its bookkeeping in it) less what is queued and not yet acknowledged."""
+def _kernel_queue(sock: Any) -> tuple[int, int]:
+    """(SO_SNDBUF, bytes queued and not yet acknowledged) of a socket; (0, 0) if unknown."""
     try:
-        half = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >> 1
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _outq, True)  # SIOCOUTQ, into _outq
     except (OSError, AttributeError):
-        return 0
-    return max(0, int(half) - int.from_bytes(_outq, sys.byteorder))
+        return 0, 0
+    return int(sndbuf), int.from_bytes(_outq, sys.byteorder)
 
 
 class Relay:
@@ -294,6 +294,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_connect_task",
         "_deadline",
         "_detail",
+        "_kernel_peak",
         "_last",
         "_lean",
         "_moved",
@@ -326,6 +327,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.to_backend = 0
         self.to_client = 0
         self._client_sock: Any = None
+        self._kernel_peak = 0
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -372,7 +374,13 @@ class ClientConnection(asyncio.BufferedProtocol):
         if transport is None:
             return relay.small_buffer
         if self.to_client >= BULK_AFTER and not transport.get_write_buffer_size():
-            room = (WRITE_HIGH + _kernel_room(self._client_sock)) // ROOM_STEP
+            # The kernel's free send space, counted only as far as it has been seen to hold:
+            # half of SO_SNDBUF (the kernel counts its bookkeeping in it), or the most it has
+            # held queued at once, less what it holds now.
+            sndbuf, queued = _kernel_queue(self._client_sock)
+            self._kernel_peak = max(self._kernel_peak, queued)
+            free = max(sndbuf >> 1, self._kernel_peak) - queued
+            room = (WRITE_HIGH + max(0, free)) // ROOM_STEP
             return relay.sized_buffers[min(room, len(relay.sized_buffers) - 1)]
         return relay.sized_buffers[_room(transport)]
 
@@ -515,9 +523,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.backend = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
         if self._transport is not None:
-            self._transport.set_write_buffer_limits(high=WRITE_HIGH)
+            self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
             self._client_sock = self._transport.get_extra_info("socket")
         self.state = OPEN
         self._last = self.relay.time()
