@@ -147,7 +147,7 @@ def assert_traffic_counts(samples: Samples, tls_files: TLSFiles, sent: int, erro
         frozenset({("version", "TLSv1.2"), ("cipher", suite)}): float(count) for suite, count in SUITES.items()
     }
     handshake_errors = {dict(labels)["reason"]: v for labels, v in labelled(samples, "fopproxy_tls_handshake_errors_total").items()}
-    expected_errors = dict.fromkeys(("unsupported_protocol", "no_shared_cipher", "timeout", "client_eof", "not_tls", "cert_rejected", "other"), 0.0)
+    expected_errors = dict.fromkeys(("unsupported_protocol", "no_shared_cipher", "timeout", "client_eof", "not_tls", "cert_rejected", "invalid_sni", "other"), 0.0)
     expected_errors.update({reason: float(n) for reason, n in errors.items()})
     assert handshake_errors == expected_errors
     good = sum(SUITES.values())
