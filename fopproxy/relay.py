@@ -462,7 +462,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             finished = pipe.handshake()
         except ssl.SSLError as exc:
             self._flush()  # the alert OpenSSL produced goes out before the close
-            bad_name = self.relay.sni_guard.take()
+            # The guard is read (and cleared) on every failure; only a failed name callback
+            # that tripped it is an undecodable SNI.
+            bad_name = self.relay.sni_guard.take() and exc.reason == "CALLBACK_FAILED"
             self._handshake_failed("invalid_sni" if bad_name else classify_handshake_error(exc))
             return
         self._flush()
