@@ -31,19 +31,11 @@ from fopproxy.errors import (
     KeyMismatchError,
 )
 from fopproxy.policy import KeyType, SuiteSelection
+from fopproxy.sources import CertificateSource
 from fopproxy.tls import build_context
 
 MIN_RSA_BITS = 2048
 ALLOWED_CURVES = {"secp256r1": 256, "secp384r1": 384}
-
-
-@dataclass(frozen=True)
-class CertificateSource:
-    """Where one certificate chain and its key live on disk (paths already absolute)."""
-
-    cert: Path
-    key: Path
-    passphrase_file: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from fopproxy.certs import (
-    CertificateSet,
-    CertificateSource,
-    Snapshot,
-    build_certificate_set,
-    read_snapshot,
-)
+from fopproxy.certs import CertificateSet, Snapshot, build_certificate_set, read_snapshot
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -39,6 +33,7 @@ from fopproxy.errors import (
     KeyMismatchError,
 )
 from fopproxy.policy import SuiteSelection
+from fopproxy.sources import CertificateSource
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from fopproxy import biomem, tls
+from fopproxy import biomem, native
 from fopproxy.biomem import BioReleaser, bio_releaser
 from tests.conftest import TLSFiles
 from tests.support.memtls import handshake_in_memory
@@ -69,7 +69,7 @@ def test_tls_session_survives_releases_between_records(
 
 
 def test_no_libcrypto_in_reach_means_no_releaser(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls, "loaded_library", lambda fragment: None)
+    monkeypatch.setattr(native, "loaded_library", lambda fragment: None)
     biomem.bio_releaser.cache_clear()
     try:
         assert biomem.bio_releaser() is None

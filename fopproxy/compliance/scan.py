@@ -25,8 +25,8 @@ from cryptography import x509
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, Status, certificate_results, describe_certificate
 from fopproxy.errors import ComplianceError, FopproxyError
+from fopproxy.native import set_tls13_suites, unverified_chain
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
-from fopproxy.tls import restrict_tls13_suites
 
 # `@SECLEVEL=0`: at OpenSSL 3's default level a client cannot even offer TLS 1.0/1.1 or SHA-1
 # suites, and a scanner that cannot offer something cannot tell whether the server accepts it.
@@ -120,24 +120,8 @@ def _client(
     ctx.maximum_version = high
     ctx.set_ciphers(ciphers)
     if tls13 is not None:
-        restrict_tls13_suites(ctx, tls13)
+        set_tls13_suites(ctx, tls13)
     return ctx
-
-
-def _chain_der(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
-    """Every certificate the server sent, leaf first.
-
-    Python 3.13 has SSLSocket.get_unverified_chain(); 3.10-3.12 have the same method only on the
-    internal `_sslobj`. Without either, the leaf alone is returned (the chain rules then see it).
-    """
-    getter: Any = getattr(tls, "get_unverified_chain", None) or getattr(
-        getattr(tls, "_sslobj", None), "get_unverified_chain", None
-    )
-    if getter is not None:
-        chain = getter() or []
-        return tuple(c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain)  # type: ignore[attr-defined]
-    leaf = tls.getpeercert(binary_form=True)
-    return (leaf,) if leaf else ()
 
 
 def handshake(target: Target, ctx: ssl.SSLContext) -> Probe:
@@ -165,7 +149,7 @@ def _handshake_once(target: Target, ctx: ssl.SSLContext) -> Probe:
                 "accepted",
                 version=tls.version(),
                 cipher=cipher[0] if cipher else None,
-                chain=_chain_der(tls),
+                chain=unverified_chain(tls),
             )
     except OSError as exc:  # ssl.SSLError is an OSError too
         return _failure(exc, target.timeout)
