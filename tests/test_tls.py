@@ -6,10 +6,16 @@ import ssl
 
 import pytest
 
+from fopproxy import native
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES, PROFILES, select_suites
-from fopproxy import native
-from fopproxy.tls import REQUIRED_OPTIONS, agreed_groups, build_context, offered_suites, verify_context
+from fopproxy.tls import (
+    REQUIRED_OPTIONS,
+    agreed_groups,
+    build_context,
+    offered_suites,
+    verify_context,
+)
 
 
 def test_card_fop_context_offers_exactly_the_six_suites_in_order() -> None:
