@@ -8,9 +8,11 @@ and connections already open keep the context they started with.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import ssl
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -237,13 +239,59 @@ class LoadedCertificate:
         return self.names[0] if self.names else self.source.cert.name
 
 
+# A PEM chain of a leaf and a few intermediates is a few KiB; a key less. A file far larger is a
+# mistake (a log, a disk image, a file still growing) and reading it whole would cost its size in
+# RSS, twice over during validation: refuse it before reading.
+MAX_PEM_FILE_BYTES = 1 << 20
+
+
+def read_pem_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_PEM_FILE_BYTES, never blocking.
+
+    A FIFO, a device or a directory is refused from `stat` alone, so nothing waits in `open()`
+    for a writer that never comes; the file is then opened non-blocking and checked again with
+    `fstat` (it may have been swapped in between), and read with a bound in case it grows.
+    OSError for a file that cannot be used, naming it.
+    """
+    _check_regular(path, path.stat())
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _check_regular(path, os.fstat(fd))
+        chunks = []
+        left = MAX_PEM_FILE_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_PEM_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_PEM_FILE_BYTES} bytes", str(path))
+    return data
+
+
+def _check_regular(path: Path, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind} (a FIFO, device or socket is refused)", str(path))
+    if status.st_size > MAX_PEM_FILE_BYTES:
+        raise OSError(
+            errno.EFBIG,
+            f"{status.st_size} bytes, larger than the {MAX_PEM_FILE_BYTES}-byte limit",
+            str(path),
+        )
+
+
 def read_source(source: CertificateSource) -> tuple[bytes, bytes, bytes | None]:
     """Read cert, key and passphrase bytes; OSError names the file that failed."""
-    cert_pem = source.cert.read_bytes()
-    key_pem = source.key.read_bytes()
+    cert_pem = read_pem_file(source.cert)
+    key_pem = read_pem_file(source.key)
     password = None
     if source.passphrase_file is not None:
-        password = source.passphrase_file.read_bytes().rstrip(b"\r\n")
+        password = read_pem_file(source.passphrase_file).rstrip(b"\r\n")
     return cert_pem, key_pem, password
 
 
@@ -427,9 +475,6 @@ class CertificateSet:
             context = self._contexts.get(group)
             if context is not None:
                 ssl_object.context = context
-
-    def earliest_expiry(self) -> datetime:
-        return min(c.not_after for c in self.certificates)
 
 
 @dataclass(frozen=True)
