@@ -400,6 +400,18 @@ def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
             tmpdir.cleanup()
 
 
+def _session_context(members: Sequence[LoadedCertificate]) -> bytes:
+    """A session id context naming exactly these certificates (and so their names).
+
+    OpenSSL resumes a TLS 1.2 session only where the context it was made under matches, so a
+    session made with one certificate is never resumed on a context serving another.
+    """
+    digest = hashlib.sha256(b"fopproxy session context v1")
+    for cert in members:
+        digest.update(cert.leaf.fingerprint(hashes.SHA256()))
+    return digest.digest()
+
+
 def _group_for(certificates: Sequence[LoadedCertificate], host: str) -> tuple[int, ...]:
     """Indices of the certificates to serve for `host`: the first covering it per key type."""
     chosen: dict[str, int] = {}
@@ -431,6 +443,11 @@ class CertificateSet:
         self._contexts: dict[tuple[int, ...], ssl.SSLContext] = {}
         default_group = _group_for(self.certificates, server_name)
         needs_sni = len(self.certificates) > len({c.key_type for c in self.certificates})
+        # OpenSSL looks a TLS 1.2 session up in the first context's cache, before the SNI
+        # callback switches contexts, and then tells the callback the *session's* name, not the
+        # one the client asked for: a session made with one certificate would be resumed for
+        # another name. Where SNI picks among certificates, resumption is therefore off.
+        self._needs_sni = needs_sni
         candidates = {server_name}
         if needs_sni:
             for cert in self.certificates:
@@ -444,7 +461,6 @@ class CertificateSet:
         # The default context always gets the SNI callback: it records the name for the log line
         # and, where several certificates share a key type, switches to the group for that name.
         self._contexts[default_group] = self._make_context(default_group, with_sni=True)
-        self._needs_sni = needs_sni
         self.context: ssl.SSLContext = self._contexts[default_group]
         self._default_group = default_group
 
@@ -457,7 +473,11 @@ class CertificateSet:
             ]
             try:
                 return build_context(
-                    self.selection, chains, self._on_sni if with_sni else None
+                    self.selection,
+                    chains,
+                    self._on_sni if with_sni else None,
+                    session_context=_session_context(members),
+                    resumption=not (with_sni and self._needs_sni),
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None

@@ -193,6 +193,16 @@ def set_session_cache_size(ctx: ssl.SSLContext, size: int) -> int | None:
     return int(lib.ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, None))
 
 
+_SSL_CTRL_SET_SESS_CACHE_MODE = 44
+_SSL_SESS_CACHE_OFF = 0
+
+
+def disable_session_cache(ctx: ssl.SSLContext) -> None:
+    """SSL_CTX_set_session_cache_mode(OFF): no session of this context is ever resumed."""
+    lib = _require_openssl("session resumption cannot be turned off")
+    lib.ctrl(_ssl_ctx_pointer(ctx, lib), _SSL_CTRL_SET_SESS_CACHE_MODE, _SSL_SESS_CACHE_OFF, None)
+
+
 def set_session_id_context(ctx: ssl.SSLContext, value: bytes) -> None:
     """SSL_CTX_set_session_id_context: OpenSSL resumes a session only on a context with the same
     value (RFC 5246 leaves that to the server). ComplianceError where it cannot be set."""

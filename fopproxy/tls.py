@@ -100,6 +100,9 @@ def build_context(
     selection: SuiteSelection,
     chains: Sequence[tuple[str, str, bytes | None]],
     sni_callback: SniCallback | None = None,
+    *,
+    session_context: bytes | None = None,
+    resumption: bool = True,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
@@ -109,7 +112,9 @@ def build_context(
     (Python's set_ecdh_curve takes one curve, and no group list at all).
     Resumption: stateless tickets are off (their keys would never rotate and, with several
     workers, differ per process); the per-process session-ID cache stays, so resumption is an
-    optimisation that may miss, never a requirement.
+    optimisation that may miss, never a requirement. `session_context` names the certificates
+    served, so a session is only resumed by a context serving the same ones; `resumption=False`
+    turns the cache off (see CertificateSet).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = selection.profile.minimum_version
@@ -117,6 +122,10 @@ def build_context(
     ctx.options |= REQUIRED_OPTIONS
     ctx.num_tickets = 0
     limit_session_cache(ctx)
+    if session_context is not None:
+        native.set_session_id_context(ctx, session_context)
+    if not resumption:
+        native.disable_session_cache(ctx)
     ctx.sslobject_class = ServerSSLObject
     ctx.set_ciphers(":".join(selection.tls12))
     if selection.profile.maximum_version >= ssl.TLSVersion.TLSv1_3:
