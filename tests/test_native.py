@@ -93,3 +93,31 @@ def test_status_names_every_native_access() -> None:
     assert status["libssl (TLS 1.3 suites, groups, session cache)"] == "active"
     assert status["memory BIO release"] == "active"
     assert status["heap trim (malloc_trim)"] == "active"
+
+
+def test_check_shows_the_pinned_groups_and_native_status_even_under_a_widening_openssl_conf(tls_files: TLSFiles, tmp_path: Path) -> None:
+    """`fopproxy check` with an OPENSSL_CONF whose Groups add P-521, X448 and ffdhe2048: the
+    key_exchange line still lists exactly X25519, P-256, P-384 per version, and a runtime line
+    says which native accesses are active."""
+    from tests.reliability.test_groups import WIDENING_CONF
+    from tests.support.proxy import fopproxy_command, fopproxy_env
+
+    conf = tmp_path / "widen.cnf"
+    conf.write_text(WIDENING_CONF)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:8443\nbackend: 127.0.0.1:8080\nserver_name: {SERVER_NAME}\n"
+        f"tls:\n  profile: card-fop-tls13\n  certificates:\n"
+        f"    - {{cert: {tls_files.ecdsa.cert}, key: {tls_files.ecdsa.key}}}\n"
+    )
+    done = subprocess.run(
+        fopproxy_command("check", "-c", str(config)), capture_output=True, text=True, timeout=60,
+        env=fopproxy_env(OPENSSL_CONF=str(conf)),
+    )
+    lines = done.stdout.splitlines()
+    exchange = next(line for line in lines if "key_exchange" in line)
+    assert exchange.startswith("PASS")
+    assert "TLSv1.2: X25519, P-256, P-384; TLSv1.3: X25519, P-256, P-384" in exchange
+    runtime = next(line for line in lines if " runtime " in line)
+    assert "libssl (TLS 1.3 suites, groups, session cache): active" in runtime
+    assert "relay fast path (_sslobj)" in runtime
