@@ -16,9 +16,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from fopproxy.certs import CertificateSource
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
+from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
