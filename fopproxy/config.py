@@ -12,16 +12,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
-from fopproxy.certs import CertificateSource
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
-
-if TYPE_CHECKING:
-    from fopproxy.outbound.model import OutboundConfig
+from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -64,6 +61,9 @@ class Timeouts:
     connect: float = 5.0
     idle: float = 300.0
     drain: float = 30.0
+    # A closing connection that cannot deliver what is queued (a peer with a zero window) within
+    # this bound is reset, so it cannot keep its slot and buffers.
+    close: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,44 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: TcpAddress | None = None
+
+
+# `trust: mozilla`: the certifi bundle, which is Mozilla's root store (see docs/COMPLIANCE.md).
+MOZILLA = "mozilla"
+
+
+@dataclass(frozen=True)
+class OutboundTimeouts:
+    """Seconds allowed to dial, to finish the TLS handshake, and with no byte either way."""
+
+    connect: float
+    handshake: float
+    idle: float
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """One local listener and the TLS server its connections are carried to."""
+
+    index: int  # position in the `outbound:` list, for messages that name `outbound[i].key`
+    name: str
+    listen: TcpAddress
+    connect: TcpAddress
+    server_name: str
+    trust: Path | None  # None: the Mozilla roots (certifi); else a PEM file of trusted certs
+    selection: SuiteSelection
+    client_certificate: CertificateSource | None
+    timeouts: OutboundTimeouts
+    allow_remote: bool = False
+
+    @property
+    def key(self) -> str:
+        """`outbound[i]`: the config path that user-facing messages start with."""
+        return f"outbound[{self.index}]"
+
+    @property
+    def trust_label(self) -> str:
+        return MOZILLA if self.trust is None else str(self.trust)
 
 
 @dataclass(frozen=True)
@@ -308,7 +346,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         server_name = p.typed(top, "server_name", "", _server_name, required=True)
         tls = _parse_tls(p, top.get("tls"), base_dir)
 
-    t = p.mapping(top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain"))
+    t = p.mapping(
+        top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain", "close")
+    )
     defaults = Timeouts()
     timeouts = Timeouts(
         handshake=p.typed(t, "handshake", "timeouts", _seconds, defaults.handshake)
@@ -316,6 +356,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         connect=p.typed(t, "connect", "timeouts", _seconds, defaults.connect) or defaults.connect,
         idle=p.typed(t, "idle", "timeouts", _seconds, defaults.idle) or defaults.idle,
         drain=p.typed(t, "drain", "timeouts", _seconds, defaults.drain) or defaults.drain,
+        close=p.typed(t, "close", "timeouts", _seconds, defaults.close) or defaults.close,
     )
     max_connections = p.typed(top, "max_connections", "", _positive_int(1_000_000), 10000)
     workers = p.typed(top, "workers", "", _workers, 1)
@@ -455,8 +496,6 @@ def _parse_outbound(
     taken: dict[str, str],
 ) -> tuple[OutboundConfig, ...]:
     """The `outbound:` list; each problem is named `outbound[i].key`."""
-    from fopproxy.outbound.model import MOZILLA, OutboundConfig, OutboundTimeouts
-
     if raw is None:
         return ()
     if not isinstance(raw, list):

@@ -215,7 +215,7 @@ class Worker:
             if relay is not None:
                 relay.abort_all("drain_timeout")
             if outbound is not None:
-                outbound.abort_all("drain_timeout")
+                outbound.abort_all()
             code = EXIT_FORCED if force in done else EXIT_OK
         if self.server is not None:
             await self.server.wait_closed()

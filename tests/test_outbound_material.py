@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fopproxy.config import parse_config
+from fopproxy.config import OutboundConfig, parse_config
 from fopproxy.errors import CertificateError, CertificateParseError, KeyMismatchError
 from fopproxy.outbound.material import OutboundStore, build_outbound_tls, read_files
-from fopproxy.outbound.model import OutboundConfig
 from fopproxy.stats import Stats
 from tests.support.pki import CA
 

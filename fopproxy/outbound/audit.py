@@ -11,7 +11,7 @@ from datetime import datetime
 from fopproxy.certrules import judge
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, result_rows
-from fopproxy.config import Config
+from fopproxy.config import Config, OutboundConfig
 from fopproxy.errors import CertificateError, ComplianceError
 from fopproxy.outbound.context import ClientPolicy
 from fopproxy.outbound.material import (
@@ -20,7 +20,6 @@ from fopproxy.outbound.material import (
     read_files,
     validate_trust,
 )
-from fopproxy.outbound.model import OutboundConfig
 from fopproxy.tls import offered_suites
 
 

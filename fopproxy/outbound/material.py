@@ -25,6 +25,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from fopproxy.certrules import Evidence, PrivateKey, refusal
 from fopproxy.certs import _memory_files, parse_chain, parse_private_key
+from fopproxy.config import OutboundConfig
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -33,7 +34,6 @@ from fopproxy.errors import (
     KeyMismatchError,
 )
 from fopproxy.outbound.context import ClientChain, ClientPolicy, build_client_context
-from fopproxy.outbound.model import OutboundConfig
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")

@@ -19,42 +19,178 @@ import asyncio
 import logging
 import socket
 import ssl
+from enum import StrEnum
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
 
+from fopproxy.config import OutboundConfig
 from fopproxy.outbound.context import peer_name_problem
+from fopproxy.outbound.material import OutboundStore, OutboundTLS
 from fopproxy.outbound.reasons import classify_connect_error, classify_handshake_error
-
-if TYPE_CHECKING:
-    from fopproxy.outbound.service import OutboundListener
+from fopproxy.outbound.stats import OutboundStats
+from fopproxy.tlspipe import SSL_READ_SIZE, TLSPipe
 
 log = logging.getLogger("fopproxy.conn")
 
 DIALING, HANDSHAKE, OPEN, CLOSED = range(4)
-TLS_SLICE = 16 * 1024  # one full TLS record of plaintext per SSL_write
-SSL_READ_SIZE = 16 * 1024 + 256
+READ_BUFFER_SIZE = 256 * 1024
+
+
+class OutboundCloseReason(StrEnum):
+    """The `reason=` of an outbound connection's log line (README, "Calling Google ...")."""
+
+    DONE = "done"
+    IDLE_TIMEOUT = "idle_timeout"
+    APP_CLOSED = "app_closed"  # the app left before the server was verified
+    APP_RESET = "app_reset"
+    SERVER_RESET = "server_reset"
+    DRAIN_TIMEOUT = "drain_timeout"
+    TLS_ERROR = "tls_error"  # :<openssl reason>, a bad record from the server
+    OUTBOUND_ERROR = "outbound_error"  # :<reason of fopproxy_outbound_tls_handshake_errors_total>
+
+    def text(self, detail: str | None = None) -> str:
+        return f"{self.value}:{detail}" if detail is not None else self.value
 # What the app may send before the server is verified is held here, never sent; past this, the
 # app is not read from until then.
 EARLY_LIMIT = 64 * 1024
 
 
+class OutboundListener:
+    """What every connection of one outbound shares: the store of the current client context,
+    counters, one read buffer, and one sweep timer for every deadline."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        entry: OutboundConfig,
+        store: OutboundStore,
+        stats: OutboundStats,
+        *,
+        max_connections: int,
+        log_connections: bool,
+    ) -> None:
+        self.loop = loop
+        self.time = loop.time
+        self.entry = entry
+        self.store = store
+        self.stats = stats
+        self.max_connections = max_connections
+        self.log_connections = log_connections
+        self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        self.active: set[OutboundConnection] = set()
+        self.accepting = True
+        self.server: asyncio.AbstractServer | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        t = entry.timeouts
+        self.sweep_interval = min(1.0, max(0.01, min(t.connect, t.handshake, t.idle) / 4))
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._next_rejection_log = 0.0
+
+    def protocol_factory(self) -> OutboundConnection:
+        return OutboundConnection(self)
+
+    def full(self) -> bool:
+        return len(self.active) >= self.max_connections
+
+    def note_rejected(self, reason: str) -> None:
+        """Log shedding at most once a second: a flood must not become a flood of log lines."""
+        now = self.time()
+        if now >= self._next_rejection_log:
+            self._next_rejection_log = now + 1.0
+            log.warning(
+                "outbound %s: rejecting new connections (%s): %d open, limit %d",
+                self.entry.name, reason, len(self.active), self.max_connections,
+            )
+
+    def add(self, conn: OutboundConnection) -> None:
+        self.active.add(conn)
+        self.stats.active = len(self.active)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def discard(self, conn: OutboundConnection) -> bool:
+        """Forget `conn`; False if it was already forgotten (so it is accounted once)."""
+        if conn not in self.active:
+            return False
+        self.active.discard(conn)
+        self.stats.active = len(self.active)
+        if not self.active:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+        return True
+
+    def _sweep(self) -> None:
+        """Expire dials and handshakes, close idle relays; one timer for all connections."""
+        self._sweeper = None
+        now = self.time()
+        idle = self.entry.timeouts.idle
+        for conn in list(self.active):
+            if conn.state == OPEN:
+                # Activity is noticed here, from the byte counters: the hot path reads no clock.
+                moved = conn.to_server + conn.to_app
+                if moved != conn.moved:
+                    conn.moved = moved
+                    conn.last = now
+                elif now - conn.last >= idle:
+                    conn.idle_timeout()
+            elif conn.state != CLOSED and now >= conn.deadline:
+                conn.expired()
+        if self.active:
+            self._sweeper = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+        if self.server is not None:
+            self.server.close()
+
+    async def wait_idle(self) -> None:
+        if self.active:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def abort_all(self, reason: OutboundCloseReason) -> None:
+        for conn in list(self.active):
+            conn.abort(reason)
+
+    def log_closed(self, conn: OutboundConnection, micros: int) -> None:
+        """The connection line, `direction=outbound`; never any payload byte."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        event = {
+            "direction": "outbound",
+            "outbound": self.entry.name,
+            "client": conn.peer,
+            "server": str(self.entry.connect),
+            "sni": self.entry.server_name,
+            "version": conn.version,
+            "cipher": conn.cipher,
+            "resumed": "yes" if conn.resumed else "no",
+            "bytes_to_server": conn.to_server,
+            "bytes_to_app": conn.to_app,
+            "duration": f"{micros // 1_000_000}.{micros % 1_000_000:06d}",
+            "reason": conn.reason,
+        }
+        log.info("connection closed", extra={"event": event})
+
+
 class UpstreamProtocol(asyncio.BufferedProtocol):
     """The TLS server's side; it only forwards events to its OutboundConnection."""
 
-    __slots__ = ("buffer", "conn")
+    __slots__ = ("buffer", "buffer_updated", "conn")
 
     def __init__(self, conn: OutboundConnection) -> None:
         self.conn = conn
         self.buffer = conn.listener.buffer
+        # Every server read goes straight to the connection: one Python frame less per read.
+        self.buffer_updated = conn.from_server  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.upstream_made(transport)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.from_server(nbytes)
 
     def eof_received(self) -> bool:
         return self.conn.server_eof()
@@ -70,7 +206,10 @@ class UpstreamProtocol(asyncio.BufferedProtocol):
 
 
 class OutboundConnection(asyncio.BufferedProtocol):
-    """The app's side of one outbound connection, and the state of the whole connection."""
+    """The app's side of one outbound connection, and the state of the whole connection.
+
+    The TLS record layer is the relay's (tlspipe.TLSPipe), used here as a client.
+    """
 
     def __init__(self, listener: OutboundListener) -> None:
         self.listener = listener
@@ -78,17 +217,15 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self.app: asyncio.Transport | None = None
         self.upstream: asyncio.Transport | None = None
         self._dial_task: asyncio.Task[None] | None = None
-        self._ssl: ssl.SSLObject | None = None
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        self._tls: Any = None  # the OutboundTLS this connection started with
+        self._pipe: TLSPipe | None = None
+        self._tls: OutboundTLS | None = None  # the build this connection started with
         self._app_done = False
         self._early = bytearray()  # the app's bytes that arrived before the server was verified
         self._server_done = False
         self._sent_close_notify = False
         self._server_answered = False
         self._server_record_version: int | None = None
-        self._reason = "done"
+        self._reason = OutboundCloseReason.DONE.text()
         self.to_server = 0
         self.to_app = 0
         self.version = "-"
@@ -106,8 +243,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         listener = self.listener
         self.app = transport  # type: ignore[assignment]  # a stream server's: a Transport
         if not listener.accepting or listener.full():
-            reason = "draining" if not listener.accepting else "limit"
-            listener.note_rejected(reason)
+            listener.note_rejected("draining" if not listener.accepting else "limit")
             self.state = CLOSED
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -125,13 +261,11 @@ class OutboundConnection(asyncio.BufferedProtocol):
         return self.listener.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Plaintext from the app: encrypt in whole records and send them to the server."""
-        tls = self._ssl
-        upstream = self.upstream
-        if self.state != OPEN or tls is None or upstream is None:
+        """Plaintext from the app: encrypt it and send the records to the server."""
+        if self.state != OPEN:
             self._hold(nbytes)
             return
-        self._send(self.listener.buffer[:nbytes], nbytes)
+        self._send(self.listener.buffer[:nbytes])
 
     def _hold(self, nbytes: int) -> None:
         """Keep bytes that came before the server was verified; they go once it is."""
@@ -141,25 +275,18 @@ class OutboundConnection(asyncio.BufferedProtocol):
         if len(self._early) >= EARLY_LIMIT and self.app is not None:
             self.app.pause_reading()
 
-    def _send(self, view: memoryview, nbytes: int) -> None:
-        """Encrypt plaintext in whole records and send it to the server."""
-        tls = self._ssl
+    def _send(self, view: memoryview) -> None:
+        pipe = self._pipe
         upstream = self.upstream
-        assert tls is not None
-        assert upstream is not None
-        write = tls.write
-        out = self._out
+        if pipe is None or upstream is None:
+            return
+        nbytes = len(view)
         try:
-            if nbytes <= TLS_SLICE:
-                write(view)
-                upstream.write(out.read())
+            if nbytes <= pipe.out_slice:
+                pipe.tls.write(view)
+                upstream.write(pipe.outgoing.read())
             else:
-                chunks = []
-                offset = 0
-                while offset < nbytes:
-                    offset += write(view[offset : offset + TLS_SLICE])
-                    chunks.append(out.read())
-                upstream.writelines(chunks)
+                upstream.writelines(pipe.encrypt(view, self.to_server))
         except ssl.SSLError as exc:
             self._tls_error(exc)
             return
@@ -187,10 +314,11 @@ class OutboundConnection(asyncio.BufferedProtocol):
             self.upstream.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state in (DIALING, HANDSHAKE) and self._reason == "done":
-            self._reason = "app_closed"
-        elif exc is not None and self._reason == "done":
-            self._reason = "app_reset"
+        done = OutboundCloseReason.DONE.text()
+        if self.state in (DIALING, HANDSHAKE) and self._reason == done:
+            self._reason = OutboundCloseReason.APP_CLOSED.text()
+        elif exc is not None and self._reason == done:
+            self._reason = OutboundCloseReason.APP_RESET.text()
         self.app = None
         self._finish(abort_upstream=exc is not None or not self._app_done)
 
@@ -235,29 +363,34 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self.upstream = transport
         listener = self.listener
         tls = self._tls = listener.store.current
-        self._ssl = tls.context.wrap_bio(
-            self._in, self._out, server_side=False,
-            server_hostname=listener.entry.server_name, session=tls.session,
+        pipe = self._pipe = TLSPipe(
+            tls.context, server_side=False, server_hostname=listener.entry.server_name
         )
+        if tls.session is not None:
+            pipe.ssl.session = tls.session  # resume: fewer full handshakes toward the server
         self.state = HANDSHAKE
         self.deadline = listener.time() + listener.entry.timeouts.handshake
         self._handshake()
 
     def from_server(self, nbytes: int) -> None:
+        pipe = self._pipe
+        if pipe is None:
+            return
         buffer = self.listener.buffer
-        self._in.write(buffer[:nbytes])
         if self.state == OPEN:
+            pipe.incoming.write(buffer[:nbytes])
             self._decrypt()
         elif self.state == HANDSHAKE:
             if self._server_record_version is None and nbytes >= 3:
                 # The first record's header (type, version): what version the server speaks.
                 self._server_record_version = buffer[1] << 8 | buffer[2]
+            pipe.incoming.write(buffer[:nbytes])
             # More than one alert record (7 bytes): the server's first flight came.
-            self._server_answered = self._server_answered or self._in.pending > 7
+            self._server_answered = self._server_answered or pipe.incoming.pending > 7
             self._handshake()
 
     def server_eof(self) -> bool:
-        """TCP FIN from the server: whatever close_notify said, the stream ends here."""
+        """TCP FIN from the server: with or without close_notify, its stream ends here."""
         if self.state == HANDSHAKE:
             self._handshake_failed("peer_closed", "the server closed the connection")
             return False
@@ -282,7 +415,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         elif self.state == OPEN:
             if exc is not None:
                 # A reset mid-answer: reset the app too, so it cannot take a cut answer as whole.
-                self._reason = "server_reset"
+                self._reason = OutboundCloseReason.SERVER_RESET.text()
                 self.state = CLOSED
                 if self.app is not None:
                     self.app.abort()
@@ -293,13 +426,10 @@ class OutboundConnection(asyncio.BufferedProtocol):
     # ---- handshake -----------------------------------------------------------------------
 
     def _handshake(self) -> None:
-        tls = self._ssl
-        assert tls is not None
+        pipe = self._pipe
+        assert pipe is not None
         try:
-            tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
+            finished = pipe.handshake()
         except ssl.SSLError as exc:
             self._flush()  # our alert goes out before the close
             reason = classify_handshake_error(
@@ -307,22 +437,22 @@ class OutboundConnection(asyncio.BufferedProtocol):
                 server_answered=self._server_answered,
                 server_record_version=self._server_record_version,
             )
-            self._handshake_failed(reason, str(exc.verify_message if isinstance(
-                exc, ssl.SSLCertVerificationError) else exc.reason or exc))
+            detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else None
+            self._handshake_failed(reason, str(detail or exc.reason or exc))
             return
         self._flush()
+        if not finished:
+            return
         listener = self.listener
-        entry = listener.entry
-        peer = tls.getpeercert()
-        problem = peer_name_problem(peer, entry.server_name)  # type: ignore[arg-type]
+        peer = pipe.ssl.getpeercert()
+        problem = peer_name_problem(peer, listener.entry.server_name)  # type: ignore[arg-type]
         if problem is not None:
             self._handshake_failed("hostname_mismatch", problem)
             return
         stats = listener.stats
-        self.version = tls.version() or "-"
-        cipher = tls.cipher()
-        self.cipher = cipher[0] if cipher else "-"
-        self.resumed = tls.session_reused
+        self.version = pipe.version()
+        self.cipher = pipe.cipher()
+        self.resumed = pipe.ssl.session_reused
         stats.handshakes[(self.version, self.cipher)] += 1
         if self.resumed:
             stats.resumed += 1
@@ -334,8 +464,8 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self.last = listener.time()
         if self._early:
             early, self._early = self._early, bytearray()
-            self._send(memoryview(early), len(early))
-        if self._in.pending and self.state == OPEN:
+            self._send(memoryview(early))
+        if pipe.incoming.pending and self.state == OPEN:
             self._decrypt()
         if self.state != OPEN or self.app is None:
             return
@@ -348,16 +478,16 @@ class OutboundConnection(asyncio.BufferedProtocol):
 
     def _keep_session(self) -> None:
         """Offer this session to the next connection (TLS 1.3 tickets arrive after the end)."""
-        tls = self._ssl
+        pipe = self._pipe
         current = self.listener.store.current
-        if tls is not None and tls.session is not None and self._tls is current:
-            current.session = tls.session
+        if pipe is not None and pipe.ssl.session is not None and self._tls is current:
+            current.session = pipe.ssl.session
 
     def _refuse(self, reason: str, detail: str) -> None:
         """Dial or handshake failed: count it, close the app without a byte sent either way."""
         self.listener.stats.handshake_errors[reason] += 1
         log.warning("outbound %s refused (%s): %s", self.listener.entry.name, reason, detail)
-        self._reason = f"outbound_error:{reason}"
+        self._reason = OutboundCloseReason.OUTBOUND_ERROR.text(reason)
         self.state = CLOSED
         if self.upstream is not None:
             self.upstream.close()
@@ -377,22 +507,15 @@ class OutboundConnection(asyncio.BufferedProtocol):
     # ---- relay ---------------------------------------------------------------------------
 
     def _decrypt(self) -> None:
-        tls = self._ssl
-        assert tls is not None
-        read = tls.read
-        chunks: list[bytes] = []
-        finished = False
+        pipe = self._pipe
+        assert pipe is not None
         try:
-            while True:
-                data = read(SSL_READ_SIZE)
-                if not data:
-                    finished = True  # close_notify (CPython returns b"")
-                    break
-                chunks.append(data)
+            data = pipe.tls.read(SSL_READ_SIZE)
+            chunks, finished = pipe.read_records(data)
         except ssl.SSLWantReadError:
-            pass
+            chunks, finished = [], False
         except ssl.SSLZeroReturnError:
-            finished = True
+            chunks, finished = [], True
         except ssl.SSLError as exc:
             self._tls_error(exc)
             return
@@ -400,8 +523,11 @@ class OutboundConnection(asyncio.BufferedProtocol):
             count = sum(map(len, chunks))
             self.to_app += count
             self.listener.stats.bytes_to_app += count
-            self.app.writelines(chunks)
-        if self._out.pending:
+            if len(chunks) == 1:
+                self.app.write(chunks[0])
+            else:
+                self.app.writelines(chunks)
+        if pipe.outgoing.pending:
             self._flush()
         if finished:
             self._server_finished()
@@ -409,7 +535,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
     def _tls_error(self, exc: ssl.SSLError) -> None:
         """A bad record from the server: nothing of it reached the app; reset the app."""
         self._flush()
-        self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
+        self._reason = OutboundCloseReason.TLS_ERROR.text((exc.reason or "other").lower())
         self.state = CLOSED
         if self.upstream is not None:
             self.upstream.close()
@@ -427,25 +553,22 @@ class OutboundConnection(asyncio.BufferedProtocol):
             self.app.write_eof()
 
     def _send_close_notify(self) -> None:
-        if self._sent_close_notify or self._ssl is None:
+        if self._sent_close_notify or self._pipe is None:
             return
         self._sent_close_notify = True
-        try:
-            self._ssl.unwrap()
-        except ssl.SSLWantReadError:
-            pass  # ours is written; the server's answer is not needed to send it
-        except (ssl.SSLError, ValueError) as exc:
-            log.debug("close_notify not sent: %s", exc)
-        self._flush()
+        data = self._pipe.close_notify()
+        if data and self.upstream is not None:
+            self.upstream.write(data)
 
     def _flush(self) -> None:
-        if self._out.pending and self.upstream is not None:
-            self.upstream.write(self._out.read())
+        pipe = self._pipe
+        if pipe is not None and pipe.outgoing.pending and self.upstream is not None:
+            self.upstream.write(pipe.outgoing.read())
 
     # ---- timers and closing --------------------------------------------------------------
 
     def idle_timeout(self) -> None:
-        self._reason = "idle_timeout"
+        self._reason = OutboundCloseReason.IDLE_TIMEOUT.text()
         self._close_both()
 
     def _close_both(self) -> None:
@@ -456,9 +579,9 @@ class OutboundConnection(asyncio.BufferedProtocol):
         if self.app is not None:
             self.app.close()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: OutboundCloseReason) -> None:
         """Drop the connection now (drain deadline): both sides reset."""
-        self._reason = reason
+        self._reason = reason.text()
         self.state = CLOSED
         if self._dial_task is not None:
             self._dial_task.cancel()
