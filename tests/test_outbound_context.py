@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from fopproxy import native
 from fopproxy.errors import ComplianceError
 from fopproxy.outbound.context import (
     ClientPolicy,
     build_client_context,
+    offered_groups,
     peer_name_problem,
     verify_client_context,
 )
@@ -80,11 +82,12 @@ def test_tls13_profile_adds_only_the_two_tls13_suites(ca: CA) -> None:
 @pytest.mark.parametrize(
     "tamper",
     [
+        lambda ctx: native.set_groups(ctx, ["X25519", "P-256", "P-384", "P-521"]),
         lambda ctx: setattr(ctx, "check_hostname", False),
         lambda ctx: ctx.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384:" + ":".join(SIX)),
         lambda ctx: setattr(ctx, "minimum_version", ssl.TLSVersion.TLSv1_1),
     ],
-    ids=["no-hostname-check", "extra-suite", "tls1.1"],
+    ids=["p521-group", "no-hostname-check", "extra-suite", "tls1.1"],
 )
 def test_self_check_fails_closed(ca: CA, tamper: object) -> None:
     """A context that drifted from the policy is refused, whatever changed it."""
@@ -151,3 +154,9 @@ def test_pinned_certificate_is_an_anchor(tmp_path: Path) -> None:
     own = write_self_signed(tmp_path, "self", [GOOGLE])
     ctx = build_client_context(_policy(), own.cert_pem.decode())
     assert _handshake(ctx, own.cert, own.key).version() == "TLSv1.2"
+
+
+def test_offers_exactly_the_three_groups(ca: CA) -> None:
+    """X25519, P-256, P-384 (IANA 29, 23, 24), read back from the ClientHello the context writes."""
+    for profile in ("card-fop", "card-fop-tls13"):
+        assert offered_groups(_client(ca, profile)) == (0x001D, 0x0017, 0x0018)

@@ -8,9 +8,12 @@ chain and the hostname. Nothing in the config can switch verification off; there
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import struct
 from dataclasses import dataclass
 
+from fopproxy import native
 from fopproxy.certrules import hostname_matches
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
@@ -29,12 +32,16 @@ class ClientPolicy:
     maximum_version: ssl.TLSVersion
     tls12: tuple[str, ...]
     tls13: tuple[str, ...]
+    groups: tuple[str, ...]
 
     @classmethod
     def of(cls, selection: SuiteSelection) -> ClientPolicy:
         profile = selection.profile
         tls13 = selection.tls13 if profile.maximum_version >= ssl.TLSVersion.TLSv1_3 else ()
-        return cls(profile.minimum_version, profile.maximum_version, selection.tls12, tls13)
+        return cls(
+            profile.minimum_version, profile.maximum_version, selection.tls12, tls13,
+            profile.groups,
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,9 @@ def build_client_context(
     ctx.set_ciphers(":".join(policy.tls12))
     if policy.maximum_version >= ssl.TLSVersion.TLSv1_3:
         restrict_tls13_suites(ctx, policy.tls13)
+    # Through libssl, as for the server (tls.build_context): an OPENSSL_CONF default must not
+    # make the client offer P-521, X448 or finite-field groups.
+    native.set_groups(ctx, policy.groups)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
@@ -103,6 +113,51 @@ def verify_client_context(ctx: ssl.SSLContext, policy: ClientPolicy) -> None:
         raise ComplianceError(f"required TLS options are off: {ssl.Options(missing)!r}")
     if ctx.cert_store_stats()["x509_ca"] + ctx.cert_store_stats()["x509"] == 0:
         raise ComplianceError("the outbound client trusts no certificate at all")
+    groups = offered_groups(ctx)
+    expected = tuple(GROUP_CODES[g] for g in policy.groups)
+    if groups != expected:
+        raise ComplianceError(
+            f"the outbound client would offer key-exchange groups {groups}, expected {expected} "
+            f"({', '.join(policy.groups)})"
+        )
+
+
+# IANA code points of the profile's groups (RFC 8446 §4.2.7, RFC 8422).
+GROUP_CODES = {"X25519": 0x001D, "P-256": 0x0017, "P-384": 0x0018}
+
+
+def offered_groups(ctx: ssl.SSLContext) -> tuple[int, ...]:
+    """The supported_groups a ClientHello of `ctx` carries, read from the bytes it would send.
+
+    Python cannot ask a client context for its groups, so the context writes a ClientHello
+    into memory (nothing is sent anywhere) and the extension is read back from it.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    probe = ctx.wrap_bio(incoming, outgoing, server_hostname="self-check.invalid")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        probe.do_handshake()
+    return _supported_groups(outgoing.read())
+
+
+def _supported_groups(record: bytes) -> tuple[int, ...]:
+    """supported_groups of one ClientHello record; ComplianceError if it cannot be read."""
+    try:
+        body = memoryview(record)[9:]  # record header (5), handshake type and length (4)
+        pos = 2 + 32  # legacy_version, random
+        pos += 1 + body[pos]  # legacy_session_id
+        pos += 2 + struct.unpack_from("!H", body, pos)[0]  # cipher_suites
+        pos += 1 + body[pos]  # legacy_compression_methods
+        end = pos + 2 + struct.unpack_from("!H", body, pos)[0]
+        pos += 2
+        while pos < end:
+            kind, size = struct.unpack_from("!HH", body, pos)
+            if kind == 0x000A:
+                count = struct.unpack_from("!H", body, pos + 4)[0] // 2
+                return struct.unpack_from(f"!{count}H", body, pos + 6)
+            pos += 4 + size
+    except (IndexError, struct.error):
+        pass
+    raise ComplianceError("cannot read the key-exchange groups of the outbound ClientHello")
 
 
 def peer_name_problem(peer: dict[str, object] | None, server_name: str) -> str | None:

@@ -119,6 +119,7 @@ def test_offers_exactly_the_six_suites_with_sni_and_echoes(
     assert set(offered) == SIX
     assert len(offered) == 6
     assert seen.hello.sni == GOOGLE
+    assert seen.hello.groups == ["x25519", "secp256r1", "secp384r1"]
     assert "TLSv1.3" not in seen.hello.versions
     assert seen.version == "TLSv1.2"
     assert seen.cipher in SIX
@@ -597,3 +598,40 @@ def test_workers_share_the_outbound_port_and_metrics_add_up(
     assert total == calls
     assert value(samples, "fopproxy_outbound_bytes_total", outbound="google",
                  direction="to_app") == sum(len(b"call %d" % i) for i in range(calls))
+
+
+# An OpenSSL config that widens the system default groups and suites (tests/reliability/
+# test_groups.py has the server side): the client must not take them.
+WIDENING_CONF = """\
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_module
+[ssl_module]
+system_default = system_default_section
+[system_default_section]
+Groups = P-521:X448:ffdhe2048:X25519:P-256:P-384
+CipherString = ALL:@SECLEVEL=0
+"""
+
+
+def test_openssl_conf_cannot_widen_what_the_client_offers(
+    pki: PKI, tmp_path: Path
+) -> None:
+    """With a system OpenSSL config asking for P-521, X448, ffdhe and every suite, the
+    ClientHello still carries exactly the six suites (+TLS 1.3 two) and the three groups."""
+    conf = tmp_path / "widen.cnf"
+    conf.write_text(WIDENING_CONF)
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), echo) as server:
+        config = outbound_config(server, pki, profile="card-fop-tls13")
+        proxy = ProxyProcess(tmp_path, config, env={"OPENSSL_CONF": str(conf)})
+        try:
+            assert app_call(proxy, REQUEST) == REQUEST
+        finally:
+            proxy.stop()
+        server.wait_finished(1)
+        (seen,) = server.seen
+    assert seen.hello is not None
+    assert seen.hello.groups == ["x25519", "secp256r1", "secp384r1"]
+    assert {s for s in seen.hello.suites if s != SCSV} == SIX | {
+        "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"
+    }
