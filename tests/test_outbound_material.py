@@ -142,3 +142,11 @@ def test_a_reload_drops_the_cached_session(folder: Path) -> None:
     _replace(folder / "trust.pem", (folder / "trust.pem").read_bytes() + b"\n")
     assert store.reload()
     assert store.current.session is None
+
+
+def test_a_fifo_as_trust_file_is_refused_without_blocking(folder: Path) -> None:
+    """The reloader's non-blocking read: a FIFO (nobody writing) is refused, not waited on."""
+    (folder / "trust.pem").unlink()
+    os.mkfifo(folder / "trust.pem")
+    with pytest.raises(CertificateError, match=r"outbound\[0\]\.trust: cannot read .*FIFO"):
+        OutboundStore(_entry(folder), Stats())

@@ -1,10 +1,12 @@
 """Trust and client-certificate files of an outbound: read once, validated, built, hot-reloaded.
 
-The same contract as the served certificates (certs.py, reload.py): everything is built from one
-read of the files (the context is handed exactly the bytes that were validated), a new build is
-published with one reference swap, a broken file leaves the previous build in use, and reloads
-count in the same `fopproxy_certificate_reloads_total`. A half-written rotation (key not matching
-yet, file cut short or missing) gets the same grace period before it counts as failed.
+The same contract as the served certificates, through the same reloader (reload.ContentStore):
+everything is built from one non-blocking read of the files (the context is handed exactly the
+bytes that were validated), a new build is published with one reference swap, a broken file
+leaves the previous build in use, and reloads count in the same
+`fopproxy_certificate_reloads_total`. A half-written rotation (key not matching yet, file cut
+short or missing) gets the same grace period before it counts as failed. The client
+certificate is judged by the served certificates' rule table (certrules.py).
 """
 
 from __future__ import annotations
@@ -24,21 +26,19 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from fopproxy.certrules import Evidence, PrivateKey, refusal
-from fopproxy.certs import _memory_files, parse_chain, parse_private_key
+from fopproxy.certs import _memory_files, parse_chain, parse_private_key, read_pem_file, read_source
 from fopproxy.config import OutboundConfig
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
     CertificateReadError,
     ComplianceError,
-    KeyMismatchError,
 )
 from fopproxy.outbound.context import ClientChain, ClientPolicy, build_client_context
+from fopproxy.reload import DEFAULT_GRACE, ContentStore
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")
-
-MAYBE_IN_PROGRESS = (KeyMismatchError, CertificateParseError, CertificateReadError)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def read_files(entry: OutboundConfig) -> Files:
     """Read the trust file (or certifi's bundle) and the client pair; errors name the key."""
     trust_path = Path(certifi.where()) if entry.trust is None else entry.trust
     try:
-        trust_pem = trust_path.read_bytes()
+        trust_pem = read_pem_file(trust_path)
     except OSError as exc:
         raise CertificateReadError(
             f"{entry.key}.trust: cannot read {exc.filename}: {exc.strerror}"
@@ -100,10 +100,7 @@ def read_files(entry: OutboundConfig) -> Files:
     source = entry.client_certificate
     if source is not None:
         try:
-            cert_pem = source.cert.read_bytes()
-            key_pem = source.key.read_bytes()
-            if source.passphrase_file is not None:
-                password = source.passphrase_file.read_bytes().rstrip(b"\r\n")
+            cert_pem, key_pem, password = read_source(source)
         except OSError as exc:
             raise CertificateReadError(
                 f"{entry.key}.client_certificate: cannot read {exc.filename}: {exc.strerror}"
@@ -210,104 +207,36 @@ def build_outbound_tls(
     return OutboundTLS(context, files.digest, len(anchors), client)
 
 
-class OutboundStore:
-    """The current OutboundTLS of one outbound; replaced only by a complete, valid build."""
+class OutboundStore(ContentStore[Files, OutboundTLS]):
+    """The current OutboundTLS of one outbound, hot-reloaded by the served certificates' rules
+    (reload.ContentStore): build-then-swap, keep the old one on failure, same reload counters."""
 
     def __init__(
         self,
         entry: OutboundConfig,
         stats: Stats,
         *,
-        grace: float = 10.0,
+        grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.entry = entry
-        self.stats = stats
-        self.grace = grace
-        self._clock = clock
-        # Raises at start: there is nothing to fall back on.
-        self.current = build_outbound_tls(entry, read_files(entry))
-        self._seen = self.current.digest
-        self._failed: str | None = None
-        self._pending: str | None = None
-        self._pending_since = 0.0
-        self.listeners: list[Callable[[OutboundTLS], None]] = []
-
-    def _read(self) -> tuple[str, Files | None, CertificateError | None]:
-        try:
-            files = read_files(self.entry)
-        except CertificateReadError as exc:
-            return f"unreadable: {exc}", None, exc
-        return files.digest, files, None
-
-    def poll(self) -> bool:
-        """One watcher check; True when the files are changing and want a quick re-check."""
-        key, files, error = self._read()
-        if key in (self.current.digest, self._failed):
-            self._seen = key
-            return False
-        if key != self._seen:
-            self._seen = key
-            return True
-        self._consider(key, files, error, force=False)
-        return False
-
-    def reload(self, *, force: bool = False) -> bool:
-        """Read and, if valid, publish now; `force` (SIGHUP) rebuilds and fails at once."""
-        key, files, error = self._read()
-        if not force and key in (self.current.digest, self._failed):
-            return False
-        self._seen = key
-        return self._consider(key, files, error, force=force)
-
-    def _consider(
-        self, key: str, files: Files | None, error: CertificateError | None, *, force: bool
-    ) -> bool:
-        reason: CertificateError | ComplianceError
-        if files is not None:
-            try:
-                new = build_outbound_tls(self.entry, files)
-            except (CertificateError, ComplianceError) as exc:
-                reason = exc
-            else:
-                self._publish(new)
-                return True
-        else:
-            assert error is not None
-            reason = error
-        if not force and isinstance(reason, MAYBE_IN_PROGRESS) and self._in_grace(key, reason):
-            return False
-        self._pending = None
-        self._failed = key
-        self.stats.reloads["failure"] += 1
-        log.error(
-            "outbound %s: reload failed, still using the previous trust and client certificate: %s",
-            self.entry.name, reason,
+        self.failure_text = (
+            f"outbound {entry.name}: reload failed, still using the previous trust and client "
+            "certificate"
         )
-        return False
+        self.pending_text = f"outbound {entry.name}: files not usable yet"
+        super().__init__(stats, grace=grace, clock=clock)
 
-    def _in_grace(self, key: str, reason: CertificateError) -> bool:
-        now = self._clock()
-        if key != self._pending:
-            self._pending, self._pending_since = key, now
-            log.info(
-                "outbound %s: files not usable yet, retrying for up to %gs (a rotation may "
-                "still be writing them): %s", self.entry.name, self.grace, reason,
-            )
-        return now - self._pending_since < self.grace
+    def read(self) -> Files:
+        return read_files(self.entry)
 
-    def _publish(self, new: OutboundTLS) -> None:
-        self.current = new
-        self._seen = new.digest
-        self._failed = None
-        self._pending = None
-        self.stats.reloads["success"] += 1
-        self.stats.last_reload_success = time.time()
+    def build(self, content: Files) -> OutboundTLS:
+        return build_outbound_tls(self.entry, content)
+
+    def published(self, new: OutboundTLS) -> None:
         client = new.client
         log.info(
             "outbound %s: trust and client certificate reloaded: %d trusted certificates%s",
             self.entry.name, new.trust_count,
             f", client {client.label} serial={client.serial_hex}" if client else "",
         )
-        for listener in self.listeners:
-            listener(new)

@@ -16,7 +16,7 @@ from fopproxy.config import OutboundConfig
 from fopproxy.outbound.material import OutboundStore
 from fopproxy.outbound.pump import OutboundCloseReason, OutboundListener
 from fopproxy.outbound.stats import OutboundStats
-from fopproxy.reload import settle_delay
+from fopproxy.reload import watch
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.outbound")
@@ -65,7 +65,7 @@ class OutboundService:
         self.stores = [OutboundStore(e, stats, grace=reload_grace) for e in self.entries]
         self.stats = [OutboundStats(e.name) for e in self.entries]
         self.listeners: list[OutboundListener] = []
-        self._watcher: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     @property
@@ -106,22 +106,17 @@ class OutboundService:
                 entry.selection.profile.name,
                 ", client certificate" if entry.client_certificate else "",
             )
-        self._watcher = loop.create_task(self._watch(), name="outbound-watch")
+        # The served certificates' watcher (reload.watch), one per outbound's files.
+        self._watchers = [
+            loop.create_task(watch(store, self.reload_interval, self._stop),
+                             name=f"outbound-watch-{entry.name}")
+            for entry, store in zip(self.entries, self.stores, strict=True)
+        ]
 
     def reload(self) -> None:
         """SIGHUP: re-read every outbound's files now."""
         for store in self.stores:
             store.reload(force=True)
-
-    async def _watch(self) -> None:
-        settle = settle_delay(self.reload_interval)
-        delay = self.reload_interval
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=delay)
-            except TimeoutError:
-                changing = [store.poll() for store in self.stores]
-                delay = settle if any(changing) else self.reload_interval
 
     def stop_accepting(self) -> None:
         for listener in self.listeners:
@@ -139,8 +134,7 @@ class OutboundService:
         """After the drain: stop the watcher and wait for the listening sockets to close."""
         self._stop.set()
         self.stop_accepting()
-        if self._watcher is not None:
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         for listener in self.listeners:
             if listener.server is not None:
                 await listener.server.wait_closed()
