@@ -489,8 +489,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         log.warning("outbound %s refused (%s): %s", self.listener.entry.name, reason, detail)
         self._reason = OutboundCloseReason.OUTBOUND_ERROR.text(reason)
         self.state = CLOSED
-        if self.upstream is not None:
-            self.upstream.close()
+        self._close_upstream()
         if self.app is not None:
             self.app.close()
 
@@ -537,8 +536,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self._flush()
         self._reason = OutboundCloseReason.TLS_ERROR.text((exc.reason or "other").lower())
         self.state = CLOSED
-        if self.upstream is not None:
-            self.upstream.close()
+        self._close_upstream()
         if self.app is not None:
             self.app.abort()
 
@@ -575,9 +573,16 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self.state = CLOSED
         if self.upstream is not None:
             self._send_close_notify()
-            self.upstream.close()
+        self._close_upstream()
         if self.app is not None:
             self.app.close()
+
+    def _close_upstream(self) -> None:
+        """Close the server's side once, after what was written (an alert, close_notify) went
+        out; forgetting it means the app's close that follows cannot turn it into a reset."""
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.close()
 
     def abort(self, reason: OutboundCloseReason) -> None:
         """Drop the connection now (drain deadline): both sides reset."""
