@@ -16,9 +16,11 @@ so a truncated answer is never mistaken for a whole one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
+import struct
 from enum import StrEnum
 from time import perf_counter
 
@@ -33,6 +35,8 @@ log = logging.getLogger("fopproxy.conn")
 
 DIALING, HANDSHAKE, OPEN, CLOSED = range(4)
 READ_BUFFER_SIZE = 256 * 1024
+# SO_LINGER on, 0 seconds: close() sends RST (and drops what was not sent yet).
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 class OutboundCloseReason(StrEnum):
@@ -417,8 +421,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
                 # A reset mid-answer: reset the app too, so it cannot take a cut answer as whole.
                 self._reason = OutboundCloseReason.SERVER_RESET.text()
                 self.state = CLOSED
-                if self.app is not None:
-                    self.app.abort()
+                self._reset_app()
             else:
                 self._server_finished()
                 self._close_both()
@@ -537,8 +540,7 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self._reason = OutboundCloseReason.TLS_ERROR.text((exc.reason or "other").lower())
         self.state = CLOSED
         self._close_upstream()
-        if self.app is not None:
-            self.app.abort()
+        self._reset_app()
 
     def _server_finished(self) -> None:
         if self._server_done:
@@ -576,6 +578,18 @@ class OutboundConnection(asyncio.BufferedProtocol):
         self._close_upstream()
         if self.app is not None:
             self.app.close()
+
+    def _reset_app(self) -> None:
+        """End the app's connection with a TCP reset, not a FIN: plain TCP has no close_notify,
+        so a reset is the only way to tell the app its answer was cut short."""
+        app = self.app
+        if app is None:
+            return
+        sock = app.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        app.abort()
 
     def _close_upstream(self) -> None:
         """Close the server's side once, after what was written (an alert, close_notify) went

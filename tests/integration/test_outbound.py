@@ -635,3 +635,57 @@ def test_openssl_conf_cannot_widen_what_the_client_offers(
     assert {s for s in seen.hello.suites if s != SCSV} == SIX | {
         "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"
     }
+
+
+def test_legacy_http_call_to_nginx_with_mutual_tls(
+    pki: PKI, tmp_path: Path, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """A real HTTPS server (nginx) requiring a client certificate: the app's plain HTTP request
+    gets nginx's answer, and nginx saw our client certificate."""
+    from tests.support.nginx import Nginx
+
+    client = pki.ca.write(tmp_path / "client", "client", ["partner.example.test"])
+    extra = (f"      ssl_client_certificate {pki.cafile};\n      ssl_verify_client on;\n"
+             '      location /whoami { return 200 "$ssl_client_s_dn $ssl_protocol\\n"; }')
+    nginx = Nginx(tmp_path / "nginx", [(pki.google.cert, pki.google.key)], server_name=GOOGLE,
+                  extra=extra)
+    try:
+        server = TLSServer.__new__(TLSServer)
+        server.host, server.port = "127.0.0.1", nginx.port
+        proxy = start(outbound_config(server, pki, client_certificate={
+            "cert": str(client.cert), "key": str(client.key)}))
+        answer = app_call(proxy, b"GET /whoami HTTP/1.1\r\nHost: vgw.googleapis.test\r\n"
+                                 b"Connection: close\r\n\r\n")
+    finally:
+        nginx.stop()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.endswith(b"CN=partner.example.test TLSv1.2\n"), answer
+
+
+def test_server_reset_mid_answer_resets_the_app(
+    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+) -> None:
+    """The server dies (RST) after 1 MiB of its answer: the app gets the 1 MiB, then a reset,
+    never a clean end that would pass a cut answer for a whole one."""
+    import struct
+
+    def cut(tls: ssl.SSLSocket, seen: Seen) -> None:
+        seen.received += tls.recv(100)
+        tls.sendall(b"x" * (1 << 20))
+        time.sleep(0.5)
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), cut) as server:
+        proxy = start(outbound_config(server, pki))
+        received = bytearray()
+
+        def read_to_the_end(sock: socket.socket) -> None:
+            while chunk := sock.recv(65536):
+                received.extend(chunk)
+
+        with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
+            sock.sendall(b"go")
+            with pytest.raises(ConnectionResetError):
+                read_to_the_end(sock)
+    assert len(received) == 1 << 20
+    proxy.wait_for_log("reason=server_reset")
