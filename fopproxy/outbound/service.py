@@ -36,9 +36,10 @@ def bind_outbound(entry: OutboundConfig, *, reuse_port: bool, backlog: int) -> s
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        # The CLI names `filename` as what could not be bound.
+        raise OSError(exc.errno, exc.strerror, f"{entry.key}.listen {entry.listen}") from exc
     return sock
 
 

@@ -307,12 +307,14 @@ def test_client_certificate_for_mutual_tls(
     assert "partner.example.test" in str(seen.client_cert["subject"])
 
 
+@pytest.mark.parametrize("profile", ["card-fop", "card-fop-tls13"])
 def test_sessions_are_resumed_per_outbound(
-    pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
+    profile: str, pki: PKI, start: Callable[[dict[str, Any]], ProxyProcess]
 ) -> None:
-    """The second connection resumes the first one's session (fewer full handshakes)."""
+    """The next connection resumes the last one's session (fewer full handshakes); under TLS 1.3
+    the ticket comes after the handshake and is kept when the call ends."""
     with TLSServer(server_context(str(pki.google.cert), str(pki.google.key)), echo) as server:
-        proxy = start(outbound_config(server, pki))
+        proxy = start(outbound_config(server, pki, profile=profile))
         for index in range(3):
             assert app_call(proxy, b"call %d" % index) == b"call %d" % index
             server.wait_finished(index + 1)
@@ -689,3 +691,23 @@ def test_server_reset_mid_answer_resets_the_app(
                 read_to_the_end(sock)
     assert len(received) == 1 << 20
     proxy.wait_for_log("reason=server_reset")
+
+
+def test_outbound_port_taken_is_a_clear_startup_error(pki: PKI, tmp_path: Path) -> None:
+    """Exit 1, and the message names outbound[0].listen."""
+    import yaml
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        config = tmp_path / "proxy.yaml"
+        config.write_text(yaml.safe_dump({"outbound": [{
+            "listen": f"127.0.0.1:{port}", "connect": f"{GOOGLE}:443", "trust": str(pki.cafile),
+        }]}))
+        result = run_cli("-c", str(config))
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on outbound[0].listen 127.0.0.1:{port}: Address already in use" in result.stderr
