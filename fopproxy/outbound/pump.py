@@ -173,7 +173,7 @@ class OutboundListener:
             "resumed": "yes" if conn.resumed else "no",
             "bytes_to_server": conn.to_server,
             "bytes_to_app": conn.to_app,
-            "duration": f"{micros // 1_000_000}.{micros % 1_000_000:06d}",
+            "duration": micros / 1e6,  # seconds, a number in JSON as on the inbound line
             "reason": conn.reason,
         }
         log.info("connection closed", extra={"event": event})
