@@ -54,12 +54,12 @@ def pki(tmp_path: Path, ca: CA) -> PKI:
     return PKI(tmp_path / "pki", ca)
 
 
-def outbound_config(server: TLSServer, pki: PKI, **entry: Any) -> dict[str, Any]:
-    """An outbound-only config toward `server`, trusting the test CA."""
+def outbound_config(server: TLSServer | str, pki: PKI, **entry: Any) -> dict[str, Any]:
+    """An outbound-only config toward `server` (or a host:port), trusting the test CA."""
     item: dict[str, Any] = {
         "name": "google",
         "listen": f"127.0.0.1:{free_port()}",
-        "connect": server.address,
+        "connect": server if isinstance(server, str) else server.address,
         "server_name": GOOGLE,
         "trust": str(pki.cafile),
     }
@@ -191,10 +191,7 @@ def test_connect_refused_and_resolved_at_each_connection(
 ) -> None:
     """Nothing listening: refused and counted; `localhost` resolves to ::1 and 127.0.0.1 in turn."""
     port = free_port()
-    config = outbound_config(
-        TLSServer(server_context(str(pki.google.cert), str(pki.google.key))), pki,
-        connect=f"localhost:{port}",
-    )
+    config = outbound_config(f"localhost:{port}", pki)
     proxy = start(config)
     assert app_call(proxy, REQUEST) == b""
     log = proxy.wait_for_log("reason=outbound_error:connect_refused")
@@ -504,9 +501,8 @@ def test_silent_server_hits_the_handshake_timeout(
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
     try:
-        server = TLSServer.__new__(TLSServer)
-        server.host, server.port = "127.0.0.1", silent.getsockname()[1]
-        proxy = start(outbound_config(server, pki, timeouts={"handshake": 1}))
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        proxy = start(outbound_config(address, pki, timeouts={"handshake": 1}))
         started = time.monotonic()
         assert app_call(proxy, REQUEST) == b""
         elapsed = time.monotonic() - started
@@ -652,9 +648,7 @@ def test_legacy_http_call_to_nginx_with_mutual_tls(
     nginx = Nginx(tmp_path / "nginx", [(pki.google.cert, pki.google.key)], server_name=GOOGLE,
                   extra=extra)
     try:
-        server = TLSServer.__new__(TLSServer)
-        server.host, server.port = "127.0.0.1", nginx.port
-        proxy = start(outbound_config(server, pki, client_certificate={
+        proxy = start(outbound_config(nginx.address, pki, client_certificate={
             "cert": str(client.cert), "key": str(client.key)}))
         answer = app_call(proxy, b"GET /whoami HTTP/1.1\r\nHost: vgw.googleapis.test\r\n"
                                  b"Connection: close\r\n\r\n")
