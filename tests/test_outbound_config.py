@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fopproxy.config import TcpAddress, load_config, parse_config
 from fopproxy.errors import ConfigError
@@ -121,3 +123,33 @@ def test_example_config_documents_outbound() -> None:
     assert entry.listen == TcpAddress("127.0.0.1", 9443)
     assert entry.server_name == "vgw.googleapis.com"
     assert entry.trust is None
+
+
+OUTBOUND_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-5, max_value=70000), st.floats(allow_nan=True),
+    st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3),
+    st.dictionaries(st.sampled_from(["cert", "key", "passphrase_file", "idle", "connect", "x"]),
+                    st.one_of(st.text(max_size=10), st.integers(), st.none()), max_size=3),
+    st.sampled_from(["127.0.0.1:9443", "[::1]:9443", "0.0.0.0:1", "vgw.googleapis.com:443",
+                     "10.0.0.1:443", "mozilla", "card-fop-tls13", "ECDHE-RSA-AES128-SHA256",
+                     "*.example.com", "localhost:1"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(
+    ["name", "listen", "connect", "server_name", "trust", "profile", "ciphers",
+     "client_certificate", "allow_remote", "timeouts", "other"]), OUTBOUND_VALUES, max_size=8),
+    max_size=3))
+def test_any_outbound_list_gives_a_config_or_a_config_error(entries: list[dict[str, Any]]) -> None:
+    """Whatever the outbound list holds, parsing returns a Config or raises ConfigError."""
+    problems: list[str] = []
+    try:
+        config = parse_config({"outbound": entries}, Path("/etc/fopproxy"))
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        assert len(config.outbound) == len(entries) > 0
+        return
+    assert problems
+    assert all(":" in problem for problem in problems)
