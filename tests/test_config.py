@@ -45,7 +45,8 @@ def test_example_config_documents_and_loads_every_setting() -> None:
 def test_defaults() -> None:
     config = parse_config(_base(), Path("/etc/fopproxy"))
     assert (config.timeouts.handshake, config.timeouts.connect, config.timeouts.idle, config.timeouts.drain) == (10, 5, 300, 30)
-    assert config.max_connections == 10000
+    assert (config.max_connections, config.max_connections_set) == (10000, False)
+    assert parse_config(_base(max_connections=10000), Path("/etc/fopproxy")).max_connections_set
     assert config.workers == 1
     assert config.tls.profile_name == "card-fop"
     assert config.metrics.listen is None

@@ -225,3 +225,13 @@ async def test_idle_connections_give_their_buffers_back(start_proxy: StartProxy,
     assert all(await asyncio.gather(*(_carry(r, w, 4096, i) for i, (r, w) in enumerate(connections))))
     for _, writer in connections:
         writer.close()
+
+
+def test_default_max_connections_fits_the_file_limit_quietly(start_proxy: StartProxy, echo_server: AsyncBackend) -> None:
+    """`ulimit -n 20000` serves 9,984: no WARNING for the default, one for a user's own 10000."""
+    quiet = start_proxy(echo_server.address, nofile=20000)
+    log = quiet.wait_for_log("serving at most 9984 connections")
+    assert "WARNING" not in log, log
+    warned = start_proxy(echo_server.address, nofile=20000, max_connections=10000)
+    log = warned.wait_for_log("max_connections is 10000 but the open-file limit")
+    assert "WARNING" in log and "serving at most 9984" in log, log
