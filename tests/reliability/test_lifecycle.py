@@ -60,7 +60,8 @@ async def test_sigterm_drains_50_in_flight_transfers(start_proxy: StartProxy, ec
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
     signaled = time.monotonic()
     proxy.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    # Logged right after the listener closed.
+    await asyncio.to_thread(proxy.wait_for_log, "draining 50 open connections")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((proxy.host, proxy.port), timeout=2).close()
     results = await asyncio.gather(*transfers)
@@ -82,9 +83,10 @@ async def test_sighup_during_load_drops_nothing(start_proxy: StartProxy, echo_se
     proxy = start_proxy(echo_server.address)
     transfers = [asyncio.ensure_future(_paced_transfer(proxy.host, proxy.port, ctx, i)) for i in range(20)]
     fresh = []
-    for _ in range(5):
-        await asyncio.sleep(0.4)
+    for count in range(1, 6):
         proxy.signal(signal.SIGHUP)
+        # Each reload is done (and logged) while the transfers still run; the next one follows.
+        await asyncio.to_thread(proxy.wait_for_log, "SIGHUP: reloading certificates", count=count)
         fresh.append(asyncio.ensure_future(_paced_transfer(proxy.host, proxy.port, ctx, 99)))
     results = await asyncio.gather(*transfers, *fresh)
     log = await asyncio.to_thread(proxy.wait_for_log, "SIGHUP: reloading certificates", count=5)
