@@ -118,7 +118,7 @@ def test_ports_healthcheck_entrypoint_and_command(instructions: list[Instruction
     assert not re.search(r"\b(curl|wget)\b", health.args)
     assert "--timeout=" in options
     (entrypoint,) = final(instructions, "ENTRYPOINT")
-    assert json.loads(entrypoint.args) == ["fopproxy"]
+    assert json.loads(entrypoint.args) == ["/opt/fopproxy/bin/fopproxy"]  # no PATH lookup as uid 10001
     (cmd,) = final(instructions, "CMD")
     assert json.loads(cmd.args) == ["-c", "/etc/fopproxy/proxy.yaml"]
 
