@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fopproxy import __version__, signals
 from fopproxy.errors import ConfigError, FopproxyError
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
     demo.add_argument("--metrics-port", type=int, default=9100, help="metrics port (default 9100)")
+    demo.add_argument(
+        "--dir", type=Path, default=None,
+        help="keep the certificates in this folder of yours (default: a fresh private "
+        "temporary folder, removed on exit)",
+    )
     from fopproxy.compliance.cli import add_commands
 
     add_commands(commands)
@@ -94,7 +100,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from fopproxy.logs import configure_logging
 
         configure_logging(LoggingConfig())
-        return run_demo(args.port, args.metrics_port)
+        return run_demo(args.port, args.metrics_port, args.dir)
     if args.command in {"check", "scan", "cert"}:
         from fopproxy.compliance.cli import dispatch
 

@@ -86,6 +86,9 @@ class Config:
     tls: TLSConfig
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 10000
+    # Whether the file set max_connections: only a user's own number is worth a warning when the
+    # open-file limit cuts it short (the default adapts to the limit quietly).
+    max_connections_set: bool = False
     workers: int = 1
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -328,6 +331,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         tls=tls,
         timeouts=timeouts,
         max_connections=max_connections or 10000,
+        max_connections_set="max_connections" in top,
         workers=workers or 1,
         backlog=backlog or 1024,
         logging=logging_config,
