@@ -61,6 +61,12 @@ class _Ssl:
         self.version = lib.SSL_version
         self.version.argtypes = [ctypes.c_void_p]
         self.version.restype = ctypes.c_int
+        self.session_protocol_version = lib.SSL_SESSION_get_protocol_version
+        self.session_protocol_version.argtypes = [ctypes.c_void_p]
+        self.session_protocol_version.restype = ctypes.c_int
+        self.session_max_early_data = lib.SSL_SESSION_get_max_early_data
+        self.session_max_early_data.argtypes = [ctypes.c_void_p]
+        self.session_max_early_data.restype = ctypes.c_uint32
 
 
 @functools.cache
@@ -137,3 +143,22 @@ def install(ctx: ssl.SSLContext, ring: KeyRing) -> None:
                              ctypes.cast(callback, ctypes.c_void_p)) != 1:
         raise OSError("OpenSSL refused the session ticket key callback")
     ctx.__dict__["_fopproxy_ticket_callback"] = callback
+
+
+def session_max_early_data(session: ssl.SSLSession) -> int | None:
+    """SSL_SESSION_get_max_early_data of a client-side session; None where it cannot be read.
+
+    Python keeps the SSL_SESSION pointer as the first field after PyObject_HEAD (as it does the
+    SSL_CTX); the pointer is checked by asking OpenSSL for the session's protocol version, which
+    must match what Python reports for the connection that made it.
+    """
+    libs = _libs()
+    if libs is None:
+        return None
+    pointer = ctypes.c_void_p.from_address(id(session) + object.__basicsize__).value
+    if not pointer:
+        return None
+    get_version = libs[1].session_protocol_version
+    if get_version(pointer) != _TLS1_3_VERSION:
+        return None
+    return int(libs[1].session_max_early_data(pointer))
