@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -18,18 +19,16 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fopproxy.certs import CertificateSource, load_certificate_set
-from fopproxy.metrics import (
-    MetricsHTTPProtocol,
-    Snapshot,
-    WorkerAggregator,
-    make_registry,
-    respond,
-    snapshot_path,
-    take_snapshot,
-)
+from fopproxy.metrics.aggregate import WorkerAggregator, snapshot_path
+from fopproxy.metrics.collector import make_registry
+from fopproxy.metrics.http import MetricsHTTPProtocol, respond
+from fopproxy.metrics.snapshot import MetricsSnapshot, take_snapshot
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
+from fopproxy.reasons import CloseReason
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
 from tests.conftest import SERVER_NAME, TLSFiles
+from tests.support.backends import ThreadedBackend
+from tests.support.memtls import opened_connection
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -41,14 +40,6 @@ def parse(text: bytes) -> Samples:
         for family in text_string_to_metric_families(text.decode())
         for s in family.samples
     }
-
-
-class FakeConnection:
-    """Stands in for an open ClientConnection: only its byte counts matter to a snapshot."""
-
-    def __init__(self, to_backend: int, to_client: int) -> None:
-        self.to_backend = to_backend
-        self.to_client = to_client
 
 
 def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = None, ready: bool = True) -> Any:
@@ -135,27 +126,31 @@ def test_histogram_buckets_are_cumulative_with_inf_and_sum(tls_files: TLSFiles) 
     assert len(bounds) == len(HANDSHAKE_BUCKETS) + 1
 
 
-def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TLSFiles) -> None:
-    """In-flight bytes are included; when the connection closes its bytes move into Stats unchanged."""
-    stats = Stats()
-    stats.bytes_to_backend = 10
-    conn = FakeConnection(to_backend=500, to_client=700)
-    active = {conn}
-    worker = fake_worker(tls_files, stats, active)
+async def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TLSFiles, echo_backend: ThreadedBackend) -> None:
+    """In-flight bytes are included; when the real connection closes its bytes move into Stats unchanged."""
+    relay, conn, client = await opened_connection(tls_files, echo_backend)
+    relay.stats.bytes_to_backend = 10
+    payload = os.urandom(50_000)
+    client.send(payload)
+    for _ in range(500):
+        if conn.to_client >= len(payload):
+            break
+        await asyncio.sleep(0.01)
+    worker = fake_worker(tls_files, relay.stats, relay.active)
     during = take_snapshot(worker, 0.0)
-    assert (during.bytes_to_backend, during.bytes_to_client) == (510, 700)
-    # What relay._finish does, in one callback: add to Stats, forget the connection.
-    stats.bytes_to_backend += conn.to_backend
-    stats.bytes_to_client += conn.to_client
-    active.clear()
+    assert (during.bytes_to_backend, during.bytes_to_client) == (10 + len(payload), len(payload))
+    conn.close(CloseReason.IDLE_TIMEOUT)  # the close path the sweeper takes, then the transport's
+    conn.connection_lost(None)
+    assert not relay.active
     after = take_snapshot(worker, 0.0)
-    assert (after.bytes_to_backend, after.bytes_to_client) == (510, 700)
+    assert (after.bytes_to_backend, after.bytes_to_client) == (10 + len(payload), len(payload))
+    assert after.connections_active == 0
 
 
 def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     """A worker's snapshot survives JSON; two snapshots add counters and merge certificates."""
     snap = take_snapshot(fake_worker(tls_files, busy_stats()), 99.0)
-    again = Snapshot.from_json(snap.to_json())
+    again = MetricsSnapshot.from_json(snap.to_json())
     assert again == snap
     total = snap + again
     assert total.handshakes[("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")] == 10
@@ -164,7 +159,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     assert len(total.certificates) == 2  # the same two certificates, not four
     assert snap.add_counters(again).connections_active == snap.connections_active  # gauges not folded
     with pytest.raises(ValueError, match="not a worker snapshot"):
-        Snapshot.from_json(b'{"handshakes": []}')
+        MetricsSnapshot.from_json(b'{"handshakes": []}')
 
 
 # ---- supervisor aggregation over real Unix sockets ---------------------------------------------
@@ -173,7 +168,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
 class SnapshotServer:
     """A worker's snapshot socket, played by a thread that answers `snapshot()` as JSON."""
 
-    def __init__(self, path: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, path: Path, snapshot: Callable[[], MetricsSnapshot]) -> None:
         self.path = path
         self.snapshot = snapshot
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -206,12 +201,12 @@ def servers() -> Iterator[list[SnapshotServer]]:
             server.close()
 
 
-def handshakes(count: int, ready: bool = True) -> Snapshot:
-    return Snapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
+def handshakes(count: int, ready: bool = True) -> MetricsSnapshot:
+    return MetricsSnapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
                     connections_active=count, ready=ready)
 
 
-def total_handshakes(snap: Snapshot) -> int:
+def total_handshakes(snap: MetricsSnapshot) -> int:
     return sum(snap.handshakes.values())
 
 
@@ -247,7 +242,7 @@ def test_aggregator_ignores_an_answer_from_a_worker_already_folded(tmp_path: Pat
     """A worker reaped while a scrape was querying it is not counted twice."""
     aggregator = WorkerAggregator(tmp_path, workers=1)
 
-    def answer_then_die() -> Snapshot:
+    def answer_then_die() -> MetricsSnapshot:
         aggregator.on_child_exit(0, 201)  # the supervisor reaps it mid-query
         return handshakes(4)
 
