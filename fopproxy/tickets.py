@@ -29,6 +29,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from fopproxy.sources import read_pem_file
 
 KEY_BYTES = 80
 NAME_BYTES = 16
@@ -207,3 +210,38 @@ class Ratchet(KeyRing):
         self._index = index
         self._keys = keys
         self._by_name = {key.name: key for key in keys}
+
+
+class FileKeyRing(KeyRing):
+    """Keys from a key file, re-read when its content changes; a bad file keeps the old keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        data = self._read()
+        super().__init__(parse_key_file(data))
+        self.rotations = 0
+        self._digest = hashlib.sha256(data).digest()
+
+    def _read(self) -> bytes:
+        # The same guarded read as the certificates: no FIFO, no device, at most 1 MiB.
+        return read_pem_file(self.path)
+
+    def reload(self) -> bool:
+        """Re-read the file; True if new keys are in force. OSError / TicketKeyError: unusable,
+        and the keys in force stay."""
+        data = self._read()
+        digest = hashlib.sha256(data).digest()
+        if digest == self._digest:
+            return False
+        self.replace(parse_key_file(data))
+        self._digest = digest
+        return True
+
+
+def ticket_keys(enabled: bool, rotation: float, key_file: Path | None) -> KeyRing | None:
+    """The ring the config asks for, made once before any worker is forked (they share it)."""
+    if not enabled:
+        return None
+    if key_file is not None:
+        return FileKeyRing(key_file)
+    return Ratchet(rotation)

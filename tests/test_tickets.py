@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from fopproxy.policy import PROFILES, select_suites
-from fopproxy.ticketcb import install
 from fopproxy.tickets import (
     KEY_BYTES,
     KeyRing,
@@ -124,13 +123,10 @@ def test_two_ratchets_from_one_seed_agree() -> None:
 
 
 def _server(tls_files: TLSFiles, profile: str, ring: KeyRing) -> ssl.SSLContext:
-    ctx = build_context(
-        select_suites(PROFILES[profile], ()), [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)]
+    return build_context(
+        select_suites(PROFILES[profile], ()), [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)],
+        tickets=ring,
     )
-    ctx.options &= ~ssl.OP_NO_TICKET
-    ctx.num_tickets = 1
-    install(ctx, ring)
-    return ctx
 
 
 def _session(pair: MemoryTLS) -> ssl.SSLSession:
@@ -197,3 +193,22 @@ def test_file_keys_first_encrypts_all_decrypt(tls_files: TLSFiles) -> None:
     assert _resume(both, client, session)
     only_new = _server(tls_files, "card-fop", KeyRing(parse_key_file(k1)))
     assert not _resume(only_new, client, session)
+
+
+def test_context_without_ring_issues_no_ticket_and_no_early_data(tls_files: TLSFiles) -> None:
+    """tickets off: OP_NO_TICKET is set and checked; early data is refused either way."""
+    from fopproxy import native
+    from fopproxy.errors import ComplianceError
+    from fopproxy.tls import verify_context
+
+    selection = select_suites(PROFILES["card-fop-tls13"], ())
+    chain = [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)]
+    plain = build_context(selection, chain)
+    assert plain.options & ssl.OP_NO_TICKET
+    assert native.max_early_data(plain) == 0
+    with_tickets = build_context(selection, chain, tickets=Ratchet(600))
+    assert not with_tickets.options & ssl.OP_NO_TICKET
+    assert native.max_early_data(with_tickets) == 0
+    # A context that would issue tickets while the caller asked for none fails closed.
+    with pytest.raises(ComplianceError, match="required TLS options"):
+        verify_context(with_tickets, selection)
