@@ -28,6 +28,9 @@ REQUIRED_OPTIONS = (
 )
 # TLS 1.3 tickets sent after each full handshake: one is what a returning client uses.
 TLS13_TICKETS = 1
+# SSL_OP_ALLOW_NO_DHE_KEX (not in Python's ssl): TLS 1.3 resumption without a fresh ECDHE
+# exchange (psk_ke), i.e. without forward secrecy. Must stay off.
+OP_ALLOW_NO_DHE_KEX = 1 << 10
 
 class ServerSSLObject(ssl.SSLObject):
     """SSLObject that remembers the SNI the client sent (the server side has no API to ask)."""
@@ -102,6 +105,8 @@ def verify_context(
         raise ComplianceError(f"required TLS options are off: {ssl.Options(missing)!r}")
     if tickets and ctx.options & ssl.OP_NO_TICKET:
         raise ComplianceError("session tickets were asked for but OP_NO_TICKET is set")
+    if ctx.options & OP_ALLOW_NO_DHE_KEX:
+        raise ComplianceError("TLS 1.3 resumption without ECDHE (psk_ke) is allowed")
     if native.max_early_data(ctx) != 0:
         raise ComplianceError("the context would accept TLS 1.3 early data (0-RTT)")
     expected = set(selection.profile.groups)

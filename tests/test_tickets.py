@@ -212,3 +212,15 @@ def test_context_without_ring_issues_no_ticket_and_no_early_data(tls_files: TLSF
     # A context that would issue tickets while the caller asked for none fails closed.
     with pytest.raises(ComplianceError, match="required TLS options"):
         verify_context(with_tickets, selection)
+
+
+def test_resumption_without_ecdhe_fails_closed(tls_files: TLSFiles) -> None:
+    """A context that would resume TLS 1.3 with psk_ke (no fresh ECDHE) is refused."""
+    from fopproxy.errors import ComplianceError
+    from fopproxy.tls import verify_context
+
+    selection = select_suites(PROFILES["card-fop-tls13"], ())
+    ctx = build_context(selection, [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)], tickets=Ratchet(600))
+    ctx.options |= ssl.Options(1 << 10)  # SSL_OP_ALLOW_NO_DHE_KEX
+    with pytest.raises(ComplianceError, match="psk_ke"):
+        verify_context(ctx, selection, tickets=True)

@@ -158,3 +158,37 @@ def test_early_data_is_refused(
         scan = run_cli("scan", f"127.0.0.1:{proxy.port}", "--servername", SERVER_NAME,
                        "--cafile", str(tls_files.cafile), "--json")
     assert '"max_early_data": 0' in scan.stdout, scan.stdout + scan.stderr
+
+
+def test_resumptions_are_counted_across_workers(
+    tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend,
+) -> None:
+    """fopproxy_tls_resumptions_total (summed by the supervisor) equals what the client saw."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.backends import free_port
+
+    config = _config(proxy_config, echo_backend, "TLSv1_2")
+    config["workers"] = 2
+    config["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+    ctx = _client(tls_files, "TLSv1_2")
+    with ProxyProcess(tmp_path, config) as proxy:
+        _, session = _reconnect(proxy.port, ctx, None)
+        seen = 0
+        for _ in range(30):
+            reused, session = _reconnect(proxy.port, ctx, session)
+            seen += reused
+        url = f"http://{config['metrics']['listen']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert values[("fopproxy_tls_resumptions_total", (("version", "TLSv1.2"),))] == seen == 30
+    handshakes = sum(v for (name, _), v in values.items() if name == "fopproxy_tls_handshakes_total")
+    assert handshakes == 31
+    assert values[("fopproxy_tls_ticket_key_rotations_total", ())] == 0
