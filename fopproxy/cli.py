@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the certificates in this folder of yours (default: a fresh private "
         "temporary folder, removed on exit)",
     )
+
+    ticket = commands.add_parser(
+        "ticket-key",
+        help="write a fresh session-ticket key file (tls.session_tickets.key_file)",
+        description="Write FILE (mode 0600, never over an existing file) with fresh random "
+        "80-byte session-ticket keys in nginx's format, for several fopproxy pods (or nginx and "
+        "HAProxy next to them) to share. Rotate by putting a new key first: the first key "
+        "encrypts, all decrypt.",
+    )
+    ticket.add_argument("file", help="the key file to create")
+    ticket.add_argument("--keys", type=int, default=1, choices=range(1, 9), metavar="N",
+                        help="how many keys to write (1-8, default 1)")
     from fopproxy.compliance.cli import add_commands
 
     add_commands(commands)
@@ -93,6 +105,18 @@ def _run(config_path: str) -> int:
     return code
 
 
+def _ticket_key(path: str, keys: int) -> int:
+    from fopproxy.tickets import write_key_file
+
+    try:
+        write_key_file(path, keys)
+    except OSError as exc:
+        _error(f"cannot write {path}: {exc.strerror or exc}")
+        return EXIT_CONFIG
+    print(f"wrote {keys} session-ticket key(s) to {path} (mode 0600)")
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         from fopproxy.config import LoggingConfig
@@ -101,6 +125,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         configure_logging(LoggingConfig())
         return run_demo(args.port, args.metrics_port, args.dir)
+    if args.command == "ticket-key":
+        return _ticket_key(args.file, args.keys)
     if args.command in {"check", "scan", "cert"}:
         from fopproxy.compliance.cli import dispatch
 
