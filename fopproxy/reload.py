@@ -36,6 +36,7 @@ from fopproxy.errors import (
 from fopproxy.policy import SuiteSelection
 from fopproxy.sources import CertificateSource
 from fopproxy.stats import Stats
+from fopproxy.tickets import FileKeyRing, KeyRing, TicketKeyError
 
 log = logging.getLogger("fopproxy.reload")
 
@@ -111,11 +112,15 @@ class ContentStore(Generic[C, B]):
     def published(self, new: B) -> None:
         """Log (or otherwise announce) a newly published build."""
 
+    def before_check(self) -> None:
+        """Anything to look at on every check besides the content (session-ticket keys)."""
+
     def get(self) -> B:
         return self.current
 
     def poll(self) -> bool:
         """One check of the watcher; True when the files are changing and want a quick re-check."""
+        self.before_check()
         key, content, error = self._read()
         if key in (self.current.digest, self._failed):
             self._seen = key
@@ -132,6 +137,7 @@ class ContentStore(Generic[C, B]):
 
         `force` (SIGHUP) rebuilds even unchanged content and reports a failure at once.
         """
+        self.before_check()
         key, content, error = self._read()
         if not force and key in (self.current.digest, self._failed):
             return False
@@ -142,7 +148,7 @@ class ContentStore(Generic[C, B]):
         """The content key of the files now: their digest, or what stops them being read.
 
         Reading never blocks: a FIFO, a device, a directory or an oversized file is refused
-        before it is read (certs.read_pem_file).
+        before it is read (sources.read_pem_file).
         """
         try:
             content = self.read()
@@ -222,8 +228,11 @@ class CertificateStore(ContentStore[Snapshot, CertificateSet]):
         *,
         grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        tickets: KeyRing | None = None,
     ) -> None:
         self.sources = tuple(sources)
+        self.tickets = tickets
+        self._ticket_failure: str | None = None
         self.server_name = server_name
         self.selection = selection
         super().__init__(stats, grace=grace, clock=clock)
@@ -232,13 +241,49 @@ class CertificateStore(ContentStore[Snapshot, CertificateSet]):
         return read_snapshot(self.sources)
 
     def build(self, content: Snapshot) -> CertificateSet:
-        return build_certificate_set(content, self.server_name, self.selection)
+        return build_certificate_set(
+            content, self.server_name, self.selection, tickets=self.tickets
+        )
 
     def published(self, new: CertificateSet) -> None:
         log.info(
             "certificates reloaded: %s",
             ", ".join(f"{c.label} serial={c.serial_hex} {c.key_type}" for c in new.certificates),
         )
+
+    def before_check(self) -> None:
+        self.reload_ticket_keys()
+
+    def reload_ticket_keys(self) -> None:
+        """Re-read a session-ticket key file (tls.session_tickets.key_file) if it changed.
+
+        The keys live in one ring that every context of every set shares, so new keys apply to
+        the next handshake with no new context. A file that cannot be used keeps the keys in
+        force: logged once per distinct problem and counted each time it is seen anew.
+        """
+        ring = self.tickets
+        if not isinstance(ring, FileKeyRing):
+            return
+        problem: str | None = None
+        try:
+            changed = ring.reload()
+        except (OSError, TicketKeyError) as exc:
+            problem, changed = str(exc), False
+        if problem is not None:
+            if problem != self._ticket_failure:
+                self.stats.ticket_key_reload_failures += 1
+                log.error(
+                    "session ticket key file %s cannot be used, keeping the keys in force: %s",
+                    ring.path, problem,
+                )
+            self._ticket_failure = problem
+            return
+        self._ticket_failure = None
+        if changed:
+            log.info(
+                "session ticket keys reloaded from %s: %d key(s), the first encrypts",
+                ring.path, len(ring.keys),
+            )
 
 
 async def watch(store: ContentStore[Any, Any], interval: float, stop: asyncio.Event) -> None:

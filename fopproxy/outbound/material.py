@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from fopproxy.certrules import Evidence, PrivateKey, refusal
-from fopproxy.certs import _memory_files, parse_chain, parse_private_key, read_pem_file, read_source
+from fopproxy.certs import _memory_files, parse_chain, parse_private_key, read_source
 from fopproxy.config import OutboundConfig
 from fopproxy.errors import (
     CertificateError,
@@ -36,6 +36,7 @@ from fopproxy.errors import (
 )
 from fopproxy.outbound.context import ClientChain, ClientPolicy, build_client_context
 from fopproxy.reload import DEFAULT_GRACE, ContentStore
+from fopproxy.sources import read_pem_file
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")

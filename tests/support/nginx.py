@@ -58,7 +58,7 @@ http {{
       ssl_ciphers "{ciphers}";
       ssl_prefer_server_ciphers {"on" if prefer_server else "off"};
       ssl_ecdh_curve {curves};
-{extra}
+      {extra}
       location / {{ return 200 "ok\\n"; }}
   }}
 }}
