@@ -37,7 +37,7 @@ def _utc_second(second: int) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed client=... reason=done`."""
+    """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed direction=inbound ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
@@ -76,8 +76,11 @@ CONNECTION_FIELDS = (
     "client", "sni", "version", "cipher", "bytes_to_backend", "bytes_to_client", "duration",
     "reason",
 )
+# `direction=inbound` tells these lines from the outbound ones (outbound/pump.py), which carry
+# other fields after `direction=outbound`.
 _CONNECTION_TEXT = (
-    "%s.%03dZ INFO fopproxy.conn connection closed client=%s sni=%s version=%s cipher=%s "
+    "%s.%03dZ INFO fopproxy.conn connection closed direction=inbound client=%s sni=%s version=%s "
+    "cipher=%s "
     "bytes_to_backend=%d bytes_to_client=%d duration=%d.%06d reason=%s\n"
 )
 
@@ -87,7 +90,7 @@ def connection_event(
     micros: int, reason: str,
 ) -> dict[str, Any]:
     """The connection line's fields as a dict, for the formatters of ordinary records."""
-    return dict(
+    return {"direction": "inbound"} | dict(
         zip(
             CONNECTION_FIELDS,
             (client, sni, version, cipher, to_backend, to_client, micros / 1e6, reason),

@@ -56,6 +56,10 @@ def check_file(path: str | Path, now: datetime | None = None) -> Report:
 
 def check_config(config: Config, now: datetime | None = None) -> Report:
     moment = now or datetime.now(UTC)
+    if config.tls is None:
+        from fopproxy.outbound.audit import outbound_report
+
+        return outbound_report(config, moment)
     selection = config.tls.selection
     report = Report(
         "check",
@@ -84,6 +88,10 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
     report.add(
         Result("startup", "runtime", "PASS", "; ".join(f"{k}: {v}" for k, v in native.items()))
     )
+    if config.outbound:
+        from fopproxy.outbound.audit import outbound_results
+
+        report.add(*outbound_results(config, moment))
     report.facts = {
         "tls12_suites": list(selection.tls12),
         "tls13_suites": list(selection.tls13) if _serves_tls13(selection) else [],
@@ -176,6 +184,8 @@ def _policy_results(selection: SuiteSelection) -> list[Result]:
 
 def _certificate(subject: str, source: CertificateSource, config: Config, now: datetime) -> _Judged:
     """The rows for one configured chain, judged by the rule table `run` uses."""
+    assert config.tls is not None  # only inbound configs have chains
+    assert config.server_name is not None
     try:
         cert_pem, key_pem, password = read_source(source)
     except OSError as exc:
@@ -234,6 +244,8 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
     validated twice); the files are read as `run` reads them, and the contexts are built for
     real, since OpenSSL has the last word on a certificate set.
     """
+    assert config.tls is not None  # only inbound configs have chains
+    assert config.server_name is not None
     try:
         snapshot = read_snapshot(config.tls.certificates)
     except CertificateError as exc:

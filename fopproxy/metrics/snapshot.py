@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from fopproxy.outbound.collector import OutboundSnapshot, combine, take_snapshots
 from fopproxy.stats import CONNECT_BUCKETS, HANDSHAKE_BUCKETS, Histogram, Stats
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class MetricsSnapshot:
     # Every worker steps the same ticket-key schedule: the count is the largest, not a sum.
     ticket_key_rotations: int = 0
     ticket_key_reload_failures: int = 0
+    outbound: tuple[OutboundSnapshot, ...] = ()
 
     def add_counters(self, other: MetricsSnapshot) -> MetricsSnapshot:
         """Self plus the monotonic parts of `other` (what a dead worker leaves behind)."""
@@ -108,6 +110,10 @@ class MetricsSnapshot:
             ticket_key_reload_failures=max(
                 self.ticket_key_reload_failures, other.ticket_key_reload_failures
             ),
+            # A dead worker's outbound connections are not open any more; its counts stay.
+            outbound=combine(
+                (self.outbound, (replace(o, active=0) for o in other.outbound))
+            ),
         )
 
     def __add__(self, other: MetricsSnapshot) -> MetricsSnapshot:
@@ -119,6 +125,7 @@ class MetricsSnapshot:
             self.add_counters(other),
             connections_active=self.connections_active + other.connections_active,
             certificates=tuple(merged.values()),
+            outbound=combine((self.outbound, other.outbound)),
         )
 
     def to_json(self) -> bytes:
@@ -145,6 +152,7 @@ class MetricsSnapshot:
                 "resumptions": self.resumptions,
                 "ticket_key_rotations": self.ticket_key_rotations,
                 "ticket_key_reload_failures": self.ticket_key_reload_failures,
+                "outbound": [o.to_json() for o in self.outbound],
             },
             separators=(",", ":"),
         ).encode()
@@ -176,6 +184,7 @@ class MetricsSnapshot:
                 resumptions=_int_map(raw["resumptions"]),
                 ticket_key_rotations=int(raw["ticket_key_rotations"]),
                 ticket_key_reload_failures=int(raw["ticket_key_reload_failures"]),
+                outbound=tuple(OutboundSnapshot.from_json(o) for o in raw.get("outbound", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a worker snapshot: {exc}") from None
@@ -233,11 +242,12 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
         reloads=dict(stats.reloads),
         # The initial load is a successful load too: without it a fresh process reads as 1970.
         last_reload_success=stats.last_reload_success or started,
-        certificates=certificate_infos(worker.store.current),
+        certificates=certificate_infos(worker.store.current) if worker.store else (),
         ready=worker.ready,
         resumptions=dict(stats.resumptions),
-        ticket_key_rotations=_rotations(worker.store.tickets),
+        ticket_key_rotations=_rotations(worker.store.tickets) if worker.store else 0,
         ticket_key_reload_failures=stats.ticket_key_reload_failures,
+        outbound=take_snapshots(worker.outbound),
     )
 
 
