@@ -223,7 +223,7 @@ def _validate_certificate(
 
 
 @contextlib.contextmanager
-def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
+def memory_files(*blobs: bytes) -> Iterator[list[str]]:
     """Paths that read back exactly `blobs`, without the key ever touching a disk.
 
     `load_cert_chain` only takes paths; handing it what we validated (rather than re-reading the
@@ -322,7 +322,7 @@ class CertificateSet:
     def _make_context(self, group: tuple[int, ...], *, with_sni: bool) -> ssl.SSLContext:
         members = [self.certificates[i] for i in group]
         blobs = [blob for c in members for blob in (c.cert_pem, c.key_pem)]
-        with _memory_files(*blobs) as paths:
+        with memory_files(*blobs) as paths:
             chains = [
                 (paths[2 * i], paths[2 * i + 1], c.password) for i, c in enumerate(members)
             ]

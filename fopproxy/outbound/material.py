@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from fopproxy.certrules import Evidence, PrivateKey, refusal
-from fopproxy.certs import _memory_files, parse_chain, parse_private_key, read_source
+from fopproxy.certs import memory_files, parse_chain, parse_private_key, read_source
 from fopproxy.config import OutboundConfig
 from fopproxy.errors import (
     CertificateError,
@@ -197,7 +197,7 @@ def build_outbound_tls(
         else:
             assert files.cert_pem is not None
             assert files.key_pem is not None
-            with _memory_files(files.cert_pem, files.key_pem) as (cert_path, key_path):
+            with memory_files(files.cert_pem, files.key_pem) as (cert_path, key_path):
                 chain = ClientChain(cert_path, key_path, files.password)
                 context = build_client_context(policy, trust_text, chain)
     except ssl.SSLError as exc:
