@@ -154,13 +154,14 @@ def certificate_evidence(
     cert_pem: bytes,
     key_pem: bytes,
     password: bytes | None,
-    server_name: str,
-    selection: SuiteSelection,
+    server_name: str | None,
+    selection: SuiteSelection | None,
     now: datetime | None = None,
     *,
     search_roots: bool = True,
 ) -> Evidence:
-    """What the certificate rules judge for one configured entry.
+    """What the certificate rules judge for one configured entry (a client certificate has no
+    server name to cover and no suite selection to fit: None).
 
     An unreadable chain raises CertificateParseError (there is nothing to judge); an unreadable
     key does not: it is the key-match rule's finding, so `check` can go on judging the chain.

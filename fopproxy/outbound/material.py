@@ -18,15 +18,20 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import certifi
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from fopproxy.certrules import Evidence, PrivateKey, refusal
-from fopproxy.certs import memory_files, parse_chain, parse_private_key, read_source
+from fopproxy.certrules import Evidence, refusal
+from fopproxy.certs import (
+    certificate_evidence,
+    memory_files,
+    parse_chain,
+    read_source,
+)
 from fopproxy.config import OutboundConfig
 from fopproxy.errors import (
     CertificateError,
@@ -134,18 +139,8 @@ def client_evidence(
     assert source is not None
     assert files.cert_pem is not None
     assert files.key_pem is not None
-    chain = parse_chain(files.cert_pem)
-    try:
-        key = PrivateKey(str(source.key), parse_private_key(files.key_pem, files.password))
-    except CertificateError as exc:
-        key = PrivateKey(str(source.key), None, exc)
-    return Evidence(
-        chain=chain,
-        server_name=None,
-        now=now or datetime.now(UTC),
-        cert_file=str(source.cert),
-        key=key,
-        selection=None,
+    return certificate_evidence(
+        source, files.cert_pem, files.key_pem, files.password, None, None, now,
         search_roots=search_roots,
     )
 
