@@ -156,11 +156,12 @@ def _ssl_tlv(tls: TLSDetails) -> bytes:
     body = bytearray((client,))
     body += verify.to_bytes(4, "big")
     for kind, value in (
+        # HAProxy 2.6's order, so a byte-level diff against it shows only real differences.
         (PP2_SUBTYPE_SSL_VERSION, tls.version),
         (PP2_SUBTYPE_SSL_CN, tls.cn if verify == 0 else None),
-        (PP2_SUBTYPE_SSL_CIPHER, tls.cipher),
-        (PP2_SUBTYPE_SSL_SIG_ALG, tls.sig_alg),
         (PP2_SUBTYPE_SSL_KEY_ALG, tls.key_alg),
+        (PP2_SUBTYPE_SSL_SIG_ALG, tls.sig_alg),
+        (PP2_SUBTYPE_SSL_CIPHER, tls.cipher),
     ):
         data = _text(value)
         if data is not None and len(body) + 3 + len(data) <= _MAX_VALUE - 512:
