@@ -1,0 +1,133 @@
+"""The allow-list check inside the handshake, through OpenSSL's certificate-verify callback.
+
+Python's ssl module verifies client certificates against a CA but offers no hook to refuse a
+verified one by name or fingerprint. Checking after the handshake would be too late to refuse
+properly: in TLS 1.3 the server's Finished is already sent, and there is no API to send a fatal
+alert of our choice. OpenSSL's verify callback runs while the client's Certificate message is
+processed; refusing there makes OpenSSL fail the handshake itself, with the alert it sends for an
+application verification failure (handshake_failure), encrypted where TLS 1.3 needs it, and with
+`verify_code` 50 on the SSLError, which clientauth.classify_failure reads as `not_allowed`.
+
+The callback is installed only where the allow-list is not empty; it does real work once per
+handshake (at depth 0, for a chain OpenSSL already verified): one DER encoding and one SHA-256,
+then a cached decision per distinct certificate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import ssl
+
+from fopproxy.clientauth import X509_V_ERR_APPLICATION_VERIFICATION, AllowList, ClientIdentity
+from fopproxy.errors import ComplianceError
+from fopproxy.tls import _openssl, _ssl_ctx_pointer, bind_loaded_library
+
+_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+# A bound on the decisions kept per context: distinct client certificates are few (Google's, a
+# rotation's next one); a flood of distinct ones only costs a re-parse after the reset.
+_CACHE_LIMIT = 4096
+
+
+class _Crypto:
+    """The libcrypto functions the callback needs, bound to the library CPython's _ssl loaded."""
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)
+        self.depth = lib.X509_STORE_CTX_get_error_depth
+        self.depth.argtypes = [ctypes.c_void_p]
+        self.depth.restype = ctypes.c_int
+        self.current_cert = lib.X509_STORE_CTX_get_current_cert
+        self.current_cert.argtypes = [ctypes.c_void_p]
+        self.current_cert.restype = ctypes.c_void_p
+        self.set_error = lib.X509_STORE_CTX_set_error
+        self.set_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self.set_error.restype = None
+        self.i2d_x509 = lib.i2d_X509
+        self.i2d_x509.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
+        self.i2d_x509.restype = ctypes.c_int
+
+    def der(self, cert: int) -> bytes | None:
+        size = self.i2d_x509(cert, None)
+        if size <= 0:
+            return None
+        buffer = ctypes.create_string_buffer(size)
+        cursor = ctypes.c_void_p(ctypes.addressof(buffer))
+        if self.i2d_x509(cert, ctypes.byref(cursor)) != size:
+            return None
+        return buffer.raw
+
+
+class _Ssl:
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path)
+        self.set_verify = lib.SSL_CTX_set_verify
+        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VerifyCallback]
+        self.set_verify.restype = None
+        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
+        self.get_verify_mode.argtypes = [ctypes.c_void_p]
+        self.get_verify_mode.restype = ctypes.c_int
+
+
+@functools.cache
+def _libraries() -> tuple[_Ssl, _Crypto] | None:
+    ssl_lib = bind_loaded_library("/libssl.so", _Ssl)
+    crypto = bind_loaded_library("/libcrypto.so", _Crypto)
+    if ssl_lib is None or crypto is None:
+        return None
+    return ssl_lib, crypto
+
+
+def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ignore[valid-type]
+    decisions: dict[bytes, bool] = {}
+
+    def verify(preverify_ok: int, store: int) -> int:
+        # Only the leaf of a chain OpenSSL has verified (ok at depth 0) is ours to judge; any
+        # earlier failure stands as OpenSSL found it (untrusted, expired ...).
+        if not preverify_ok or crypto.depth(store) != 0:
+            return preverify_ok
+        der = crypto.der(crypto.current_cert(store))
+        admitted = False
+        if der is not None:
+            digest = hashlib.sha256(der).digest()
+            cached = decisions.get(digest)
+            if cached is None:
+                try:
+                    cached = allow.admits(ClientIdentity.from_der(der))
+                except ValueError:  # OpenSSL took it, cryptography cannot read it: refuse
+                    cached = False
+                if len(decisions) >= _CACHE_LIMIT:
+                    decisions.clear()
+                decisions[digest] = cached
+            admitted = cached
+        if admitted:
+            return 1
+        crypto.set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+
+    return _VerifyCallback(verify)
+
+
+def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
+    """Make `ctx` refuse, inside the handshake, a verified client certificate outside `allow`.
+
+    Call after `ctx.verify_mode` is set. Fails closed (ComplianceError) where libssl cannot be
+    reached: serving without the allow-list would admit clients the config refuses.
+    """
+    if allow.empty:
+        return
+    libraries = _libraries()
+    core = _openssl()
+    if libraries is None or core is None:
+        raise ComplianceError(
+            "libssl/libcrypto are not visible in this process, so tls.client_auth.allow cannot "
+            "be enforced; remove the allow-list (any certificate from ca) or use another runtime"
+        )
+    ssl_lib, crypto = libraries
+    pointer = _ssl_ctx_pointer(ctx, core)
+    mode = ssl_lib.get_verify_mode(pointer)
+    callback = _decider(allow, crypto)
+    ssl_lib.set_verify(pointer, mode, callback)
+    # The C side holds only a raw pointer: the context keeps the callback alive as long as it.
+    ctx._fopproxy_allow_check = callback  # type: ignore[attr-defined]
