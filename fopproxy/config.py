@@ -17,8 +17,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from fopproxy.certs import CertificateSource
+from fopproxy.clientauth import ClientAuthConfig, parse_client_auth
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
+from fopproxy.proxyproto import PROXY_PROTOCOLS, ProxyProtocol
 
 LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -49,6 +51,7 @@ class TLSConfig:
     # How long a half-written rotation (key not matching, file cut short or missing) may last
     # before the reload counts as failed; see reload.py.
     reload_grace: float = 10.0
+    client_auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
 
     @property
     def profile_name(self) -> str:
@@ -87,6 +90,8 @@ class Config:
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # PROXY protocol header sent to the backend before the first byte (proxyproto.py).
+    proxy_protocol: ProxyProtocol = "off"
     source: Path | None = None
 
 
@@ -265,6 +270,15 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _proxy_protocol(value: object) -> ProxyProtocol:
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    for name in PROXY_PROTOCOLS:
+        if value == name:
+            return name
+    raise ValueError(f"must be off, v1 or v2, got {value!r}")
+
+
 def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Config:
     """Turn a parsed YAML document into a Config, or raise ConfigError listing every problem."""
     p = _Problems()
@@ -273,7 +287,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         "",
         (
             "listen", "backend", "server_name", "tls", "timeouts", "max_connections",
-            "workers", "backlog", "logging", "metrics",
+            "workers", "backlog", "logging", "metrics", "proxy_protocol",
         ),
     )
     if raw is None:
@@ -307,6 +321,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     metrics = MetricsConfig(listen=p.typed(m, "listen", "metrics", parse_tcp_address))
     if listen and metrics.listen and listen == metrics.listen:
         p.add("metrics.listen", f"is the same address as listen ({listen})")
+    proxy_protocol: ProxyProtocol = (
+        p.typed(top, "proxy_protocol", "", _proxy_protocol, "off") or "off"
+    )
 
     if p.lines:
         raise ConfigError(p.lines)
@@ -326,6 +343,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         backlog=backlog or 1024,
         logging=logging_config,
         metrics=metrics,
+        proxy_protocol=proxy_protocol,
         source=source,
     )
 
@@ -355,7 +373,9 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
         p.add("tls", "is required (at least tls.certificates)")
         return None
     tls = p.mapping(
-        raw, "tls", ("profile", "ciphers", "certificates", "reload_interval", "reload_grace")
+        raw,
+        "tls",
+        ("profile", "ciphers", "certificates", "reload_interval", "reload_grace", "client_auth"),
     )
     if not isinstance(raw, Mapping):
         return None
@@ -392,10 +412,11 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
             passphrase = p.typed(item, "passphrase_file", where, parse_path)
             if cert and key:
                 certificates.append(CertificateSource(cert, key, passphrase))
-    if selection is None or p.lines:
+    client_auth = parse_client_auth(tls.get("client_auth"), _path(base_dir), p.add)
+    if selection is None or client_auth is None or p.lines:
         return None
     assert reload_grace is not None  # a bad value added a problem above
-    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace)
+    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace, client_auth)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
