@@ -19,10 +19,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import NameOID
 
-from fopproxy.certs import hostname_matches, parse_chain
+from fopproxy.certrules import hostname_matches, is_self_signed
+from fopproxy.certs import parse_chain
 from fopproxy.errors import CertificateError, CertificateReadError
 
 ClientAuthMode = Literal["off", "optional", "require"]
@@ -312,16 +312,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.subject != cert.issuer:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
 def validate_client_ca(data: bytes, path: Path) -> ClientCA:
     """Every certificate in the file must be a CA or a self-signed leaf (pinned): one that is
     neither can never be a trust anchor, so it is a mistake (an intermediate or a leaf by error)."""
@@ -330,7 +320,7 @@ def validate_client_ca(data: bytes, path: Path) -> ClientCA:
     except CertificateError as exc:
         raise type(exc)(f"{CA_KEY}: {path}: {exc}") from None
     for index, cert in enumerate(certificates):
-        if not (_is_ca(cert) or _self_signed(cert)):
+        if not (_is_ca(cert) or is_self_signed(cert)):
             raise CertificateError(
                 f"{CA_KEY}: {path}: certificate [{index}] ({cert.subject.rfc4514_string()}) is "
                 "neither a CA (basicConstraints CA:TRUE) nor self-signed, so no client "
