@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import os
 import ssl
 
 from fopproxy.clientauth import X509_V_ERR_APPLICATION_VERIFICATION, AllowList, ClientIdentity
@@ -68,6 +69,12 @@ class _Ssl:
         self.get_verify_mode = lib.SSL_CTX_get_verify_mode
         self.get_verify_mode.argtypes = [ctypes.c_void_p]
         self.get_verify_mode.restype = ctypes.c_int
+        self.load_client_ca_file = lib.SSL_load_client_CA_file
+        self.load_client_ca_file.argtypes = [ctypes.c_char_p]
+        self.load_client_ca_file.restype = ctypes.c_void_p
+        self.set_client_ca_list = lib.SSL_CTX_set_client_CA_list
+        self.set_client_ca_list.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.set_client_ca_list.restype = None
 
 
 @functools.cache
@@ -131,3 +138,31 @@ def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
     ssl_lib.set_verify(pointer, mode, callback)
     # The C side holds only a raw pointer: the context keeps the callback alive as long as it.
     ctx._fopproxy_allow_check = callback  # type: ignore[attr-defined]
+
+
+def name_client_cas(ctx: ssl.SSLContext, pem: str) -> bool:
+    """Name the subjects of `pem` in the CertificateRequest (RFC 5246 §7.4.4, RFC 8446 §4.2.4).
+
+    `load_verify_locations` trusts the CAs but, unlike HAProxy's `ca-file` and nginx's
+    `ssl_client_certificate`, names none of them, and a client holding several certificates
+    (curl, browsers, Java) picks one by these names. Best effort: returns False where libssl is
+    out of reach; the CA still verifies, only the hint is missing.
+    """
+    libraries = _libraries()
+    core = _openssl()
+    if libraries is None or core is None:
+        return False
+    ssl_lib, _ = libraries
+    pointer = _ssl_ctx_pointer(ctx, core)
+    # SSL_load_client_CA_file takes a path: hand it the validated bytes through a memfd, not the
+    # user's file again (a rotation may be rewriting it right now).
+    fd = os.memfd_create("fopproxy-client-ca", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, pem.encode("ascii"))
+        names = ssl_lib.load_client_ca_file(f"/proc/self/fd/{fd}".encode())
+    finally:
+        os.close(fd)
+    if not names:
+        return False
+    ssl_lib.set_client_ca_list(pointer, names)  # the context owns the list from here
+    return True

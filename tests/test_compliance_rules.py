@@ -117,6 +117,7 @@ CARD_RULES = {
     "cert.chain": "3",
     "cert.trust": "3",
     "hostname_verification": "2",
+    "client_auth": "fop",
 }
 
 

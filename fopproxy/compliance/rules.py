@@ -60,6 +60,7 @@ RULES: dict[str, Rule | CertificateRule] = {
     "cert.chain": CERTIFICATE_RULE["cert.chain"],
     "cert.trust": CERTIFICATE_RULE["cert.trust"],
     "hostname_verification": Rule("2", "a verifying client accepts the chain for the hostname"),
+    "client_auth": Rule("fop", "client certificates (mutual TLS) as configured"),
 }
 
 

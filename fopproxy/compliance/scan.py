@@ -22,6 +22,7 @@ from typing import Any, Literal
 import certifi
 from cryptography import x509
 
+from fopproxy.compliance.certrequest import ClientAuthProbe, probe_client_auth
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, Status, certificate_results, describe_certificate
 from fopproxy.errors import ComplianceError, FopproxyError
@@ -335,6 +336,8 @@ def scan(target: Target) -> Report:
     if not served:
         report.add(Result("cert.trust", "served certificate", "FAIL", "no handshake completed"))
     report.add(_hostname_result(target, _hostname_probe(target)))
+    client_auth = probe_client_auth(target.host, target.port, target.sni, target.timeout)
+    report.add(_client_auth_result(client_auth))
     ids = {c["name"]: f"0x{c['id'] & 0xFFFF:04X}" for c in candidates}
     report.facts = {
         "protocols": {name: {"state": p.state, "detail": p.detail} for name, p in versions.items()},
@@ -347,8 +350,24 @@ def scan(target: Target) -> Report:
         "server_preference": prefers,
         "server_order": order,
         "certificates": certificates,
+        "client_auth": {"mode": client_auth.state, "ca_names": list(client_auth.ca_names)},
     }
     return report
+
+
+def _client_auth_result(probe: ClientAuthProbe) -> Result:
+    """Informational: whether the server asks for a client certificate and whom it names."""
+    if probe.state == "unknown":
+        return Result("client_auth", "server", "SKIP", f"cannot tell: {probe.detail}")
+    detail = {
+        "required": "requires a client certificate",
+        "optional": "asks for a client certificate, serves clients without one",
+        "not_requested": "does not ask for a client certificate",
+    }[probe.state]
+    if probe.state != "not_requested":
+        names = "; ".join(probe.ca_names) if probe.ca_names else "none (any issuer)"
+        detail += f"; CA names sent: {names}"
+    return Result("client_auth", "server", "PASS", detail)
 
 
 def _version_results(versions: dict[Version, Probe]) -> list[Result]:
