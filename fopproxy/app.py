@@ -35,6 +35,7 @@ def new_store(config: Config, stats: Stats) -> CertificateStore:
         config.tls.selection,
         stats,
         grace=config.tls.reload_grace,
+        client_auth=config.tls.client_auth,
     )
 
 

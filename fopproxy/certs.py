@@ -22,6 +22,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from fopproxy.certrules import Evidence, PrivateKey, covers, refusal
+from fopproxy.clientauth import (
+    ClientAuthConfig,
+    ClientTrust,
+    ca_to_read,
+    client_trust,
+    read_client_ca,
+)
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -281,8 +288,12 @@ class CertificateSet:
         selection: SuiteSelection,
         server_name: str,
         digest: str,
+        client_trust: ClientTrust | None = None,
     ) -> None:
         self.certificates = tuple(certificates)
+        # Every context of the set asks for client certificates the same way: the SNI callback
+        # may switch a handshake to another context of the set.
+        self.client_trust = client_trust
         self.selection = selection
         self.server_name = server_name
         self.digest = digest
@@ -315,7 +326,7 @@ class CertificateSet:
             ]
             try:
                 return build_context(
-                    self.selection, chains, self._on_sni if with_sni else None
+                    self.selection, chains, self._on_sni if with_sni else None, self.client_trust
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
@@ -354,10 +365,15 @@ class Snapshot:
 
     contents: tuple[SourceContent, ...]
     digest: str
+    # tls.client_auth.ca, read in the same pass: a rotated CA bundle reloads like a certificate.
+    client_ca: bytes | None = field(default=None, repr=False)
 
 
-def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
-    """Read all files once; CertificateReadError names `tls.certificates[i]` and the file."""
+def read_snapshot(
+    sources: Sequence[CertificateSource], client_ca: Path | None = None
+) -> Snapshot:
+    """Read all files once; CertificateReadError names `tls.certificates[i]` (or
+    `tls.client_auth.ca`) and the file."""
     contents: list[SourceContent] = []
     hasher = hashlib.sha256()
     for index, source in enumerate(sources):
@@ -370,7 +386,11 @@ def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
         for blob in (cert_pem, key_pem, password or b""):
             hasher.update(hashlib.sha256(blob).digest())
         contents.append(SourceContent(source, cert_pem, key_pem, password))
-    return Snapshot(tuple(contents), hasher.hexdigest())
+    ca_pem = None
+    if client_ca is not None:
+        ca_pem = read_client_ca(client_ca)
+        hasher.update(b"client_ca" + hashlib.sha256(ca_pem).digest())
+    return Snapshot(tuple(contents), hasher.hexdigest(), ca_pem)
 
 
 def entry_error(index: int, exc: CertificateError) -> CertificateError:
@@ -386,8 +406,10 @@ def build_certificate_set(
     server_name: str,
     selection: SuiteSelection,
     now: datetime | None = None,
+    client_auth: ClientAuthConfig | None = None,
 ) -> CertificateSet:
-    """Validate every entry of `snapshot` and build the contexts; errors name the entry."""
+    """Validate every entry of `snapshot` (and the client CA file) and build the contexts;
+    errors name the entry (or `tls.client_auth.ca`)."""
     loaded: list[LoadedCertificate] = []
     for index, content in enumerate(snapshot.contents):
         try:
@@ -404,7 +426,8 @@ def build_certificate_set(
             )
         except CertificateError as exc:
             raise entry_error(index, exc) from None
-    return CertificateSet(loaded, selection, server_name, snapshot.digest)
+    trust = None if client_auth is None else client_trust(client_auth, snapshot.client_ca)
+    return CertificateSet(loaded, selection, server_name, snapshot.digest, trust)
 
 
 def load_certificate_set(
@@ -412,6 +435,9 @@ def load_certificate_set(
     server_name: str,
     selection: SuiteSelection,
     now: datetime | None = None,
+    client_auth: ClientAuthConfig | None = None,
 ) -> CertificateSet:
     """Read, validate and build; CertificateError names `tls.certificates[i]` and the problem."""
-    return build_certificate_set(read_snapshot(sources), server_name, selection, now)
+    ca = None if client_auth is None else ca_to_read(client_auth)
+    snapshot = read_snapshot(sources, ca)
+    return build_certificate_set(snapshot, server_name, selection, now, client_auth)

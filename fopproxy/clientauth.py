@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fopproxy.certrules import hostname_matches, is_self_signed
-from fopproxy.certs import parse_chain
 from fopproxy.errors import CertificateError, CertificateReadError
 
 ClientAuthMode = Literal["off", "optional", "require"]
@@ -124,9 +123,12 @@ class ClientAuthConfig:
 
     @property
     def verify_mode(self) -> ssl.VerifyMode:
-        return {
-            "off": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "require": ssl.CERT_REQUIRED
-        }[self.mode]
+        return VERIFY_MODES[self.mode]
+
+
+VERIFY_MODES: dict[ClientAuthMode, ssl.VerifyMode] = {
+    "off": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "require": ssl.CERT_REQUIRED,
+}
 
 
 # ---- parsing (config.py calls this with its problem collector) -------------------------------
@@ -315,6 +317,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def validate_client_ca(data: bytes, path: Path) -> ClientCA:
     """Every certificate in the file must be a CA or a self-signed leaf (pinned): one that is
     neither can never be a trust anchor, so it is a mistake (an intermediate or a leaf by error)."""
+    # Imported here: certs builds contexts with a ClientTrust, so it imports this module.
+    from fopproxy.certs import parse_chain
+
     try:
         certificates = parse_chain(data)
     except CertificateError as exc:
@@ -331,6 +336,37 @@ def validate_client_ca(data: bytes, path: Path) -> ClientCA:
     except UnicodeDecodeError:
         raise CertificateError(f"{CA_KEY}: {path}: not ASCII PEM text") from None
     return ClientCA(pem, tuple(certificates))
+
+
+@dataclass(frozen=True)
+class ClientTrust:
+    """What a server context needs to ask for client certificates and judge them: the mode, the
+    validated CA file content (as read once, like the certificates) and the allow-list."""
+
+    mode: ClientAuthMode
+    ca: ClientCA
+    allow: AllowList
+
+    @property
+    def verify_mode(self) -> ssl.VerifyMode:
+        return VERIFY_MODES[self.mode]
+
+
+def client_trust(config: ClientAuthConfig, ca_pem: bytes | None) -> ClientTrust | None:
+    """The trust a context is built with, from the CA bytes a snapshot read; None when off.
+
+    Fails closed: client_auth on without CA content never yields a context that asks nothing.
+    """
+    if not config.enabled:
+        return None
+    if config.ca is None or ca_pem is None:
+        raise CertificateError(f"{CA_KEY}: not read, so client certificates cannot be verified")
+    return ClientTrust(config.mode, validate_client_ca(ca_pem, config.ca), config.allow)
+
+
+def ca_to_read(config: ClientAuthConfig) -> Path | None:
+    """The CA file a snapshot must read with the certificates (None when client_auth is off)."""
+    return config.ca if config.enabled else None
 
 
 def read_client_ca(path: Path) -> bytes:

@@ -21,7 +21,12 @@ import hashlib
 import os
 import ssl
 
-from fopproxy.clientauth import X509_V_ERR_APPLICATION_VERIFICATION, AllowList, ClientIdentity
+from fopproxy.clientauth import (
+    X509_V_ERR_APPLICATION_VERIFICATION,
+    AllowList,
+    ClientIdentity,
+    ClientTrust,
+)
 from fopproxy.errors import ComplianceError
 from fopproxy.tls import _openssl, _ssl_ctx_pointer, bind_loaded_library
 
@@ -166,3 +171,12 @@ def name_client_cas(ctx: ssl.SSLContext, pem: str) -> bool:
         return False
     ssl_lib.set_client_ca_list(pointer, names)  # the context owns the list from here
     return True
+
+
+def apply_client_trust(ctx: ssl.SSLContext, trust: ClientTrust) -> None:
+    """Ask for client certificates on `ctx` (a context being built, never a live one): verify
+    them against the CA, name the CAs in the request, and judge the allow-list in the handshake."""
+    ctx.verify_mode = trust.verify_mode
+    ctx.load_verify_locations(cadata=trust.ca.pem)
+    name_client_cas(ctx, trust.ca.pem)
+    install_allow_check(ctx, trust.allow)

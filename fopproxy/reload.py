@@ -31,6 +31,7 @@ from fopproxy.certs import (
     build_certificate_set,
     read_snapshot,
 )
+from fopproxy.clientauth import ClientAuthConfig, ca_to_read
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -67,8 +68,12 @@ class CertificateStore:
         *,
         grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        client_auth: ClientAuthConfig | None = None,
     ) -> None:
         self.sources = tuple(sources)
+        # The client CA file is read, validated and swapped with the certificates: one snapshot.
+        self.client_auth = client_auth
+        self._client_ca = None if client_auth is None else ca_to_read(client_auth)
         self.server_name = server_name
         self.selection = selection
         self.stats = stats
@@ -76,7 +81,8 @@ class CertificateStore:
         self._clock = clock
         # Raises CertificateError at start: there is no old set to fall back on.
         self.current: CertificateSet = build_certificate_set(
-            read_snapshot(self.sources), server_name, selection
+            read_snapshot(self.sources, self._client_ca), server_name, selection,
+            client_auth=client_auth,
         )
         # The first load is a successful load too (as Prometheus' own config reload gauge counts).
         stats.last_reload_success = time.time()
@@ -116,7 +122,7 @@ class CertificateStore:
     def _read(self) -> tuple[str, Snapshot | None, CertificateError | None]:
         """The content key of the files now: their digest, or what stops them being read."""
         try:
-            snapshot = read_snapshot(self.sources)
+            snapshot = read_snapshot(self.sources, self._client_ca)
         except CertificateReadError as exc:
             return f"unreadable: {exc}", None, exc
         return snapshot.digest, snapshot, None
@@ -127,7 +133,9 @@ class CertificateStore:
         reason: CertificateError | ComplianceError
         if snapshot is not None:
             try:
-                new = build_certificate_set(snapshot, self.server_name, self.selection)
+                new = build_certificate_set(
+                    snapshot, self.server_name, self.selection, client_auth=self.client_auth
+                )
             except (CertificateError, ComplianceError) as exc:
                 reason = exc
             else:

@@ -12,10 +12,13 @@ import functools
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
+
+if TYPE_CHECKING:
+    from fopproxy.clientauth import ClientTrust
 
 T = TypeVar("T")
 
@@ -148,7 +151,9 @@ def offered_suites(ctx: ssl.SSLContext) -> tuple[list[str], list[str]]:
     return tls12, tls13
 
 
-def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
+def verify_context(
+    ctx: ssl.SSLContext, selection: SuiteSelection, client_trust: ClientTrust | None = None
+) -> None:
     """Fail closed unless the context is exactly what the selection asks for."""
     tls12, tls13 = offered_suites(ctx)
     if tuple(tls12) != selection.tls12:
@@ -167,12 +172,18 @@ def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
     missing = REQUIRED_OPTIONS & ~ctx.options
     if missing:
         raise ComplianceError(f"required TLS options are off: {ssl.Options(missing)!r}")
+    wanted = ssl.CERT_NONE if client_trust is None else client_trust.verify_mode
+    if ctx.verify_mode != wanted:
+        raise ComplianceError(
+            f"client certificate mode is {ctx.verify_mode.name}, not {wanted.name}"
+        )
 
 
 def build_context(
     selection: SuiteSelection,
     chains: Sequence[tuple[str, str, bytes | None]],
     sni_callback: SniCallback | None = None,
+    client_trust: ClientTrust | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
@@ -197,5 +208,10 @@ def build_context(
         ctx.load_cert_chain(cert, key, password)
     if sni_callback is not None:
         ctx.sni_callback = sni_callback
-    verify_context(ctx, selection)
+    if client_trust is not None:
+        # Imported here: peerverify binds to libssl through this module's helpers.
+        from fopproxy.peerverify import apply_client_trust
+
+        apply_client_trust(ctx, client_trust)
+    verify_context(ctx, selection, client_trust)
     return ctx

@@ -14,14 +14,14 @@ from fopproxy.clientauth import (
     ClientAuthConfig,
     ClientIdentity,
     classify_failure,
+    client_trust,
     load_client_ca,
     parse_client_auth,
     parse_fingerprint,
 )
-from fopproxy.errors import CertificateError, CertificateReadError
-from fopproxy.peerverify import install_allow_check
+from fopproxy.errors import CertificateError, CertificateReadError, ComplianceError
 from fopproxy.policy import PROFILES, select_suites
-from fopproxy.tls import build_context
+from fopproxy.tls import build_context, verify_context
 from tests.conftest import SERVER_NAME
 from tests.support.clientpki import ClientCert, issue_client, self_signed_client
 from tests.support.pki import CA
@@ -201,11 +201,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def server_context(pki: Pki, profile: str, config: ClientAuthConfig, ca_pem: str | None = None) -> ssl.SSLContext:
-    ctx = build_context(select_suites(PROFILES[profile], ()), [(str(pki.server.cert), str(pki.server.key), None)])
-    ctx.verify_mode = config.verify_mode
-    ctx.load_verify_locations(cadata=ca_pem or pki.ca_file.read_text())
-    install_allow_check(ctx, config.allow)
-    return ctx
+    """The server context as fopproxy builds it (tls.build_context with the client trust)."""
+    trust = client_trust(config, (ca_pem or pki.ca_file.read_text()).encode())
+    chains = [(str(pki.server.cert), str(pki.server.key), None)]
+    return build_context(select_suites(PROFILES[profile], ()), chains, None, trust)
 
 
 def handshake(server_ctx: ssl.SSLContext, client: ClientCert | None, pki: Pki) -> tuple[ssl.SSLError | None, ssl.SSLError | None, ssl.SSLObject]:
@@ -318,3 +317,13 @@ def test_unrelated_handshake_errors_are_not_client_auth(pki: Pki) -> None:
     with pytest.raises(ssl.SSLError) as caught:
         server.do_handshake()
     assert classify_failure(caught.value) is None
+
+
+def test_context_self_check_fails_closed_on_a_lost_verify_mode(pki: Pki) -> None:
+    """A context whose client-certificate mode is not the configured one is refused at build."""
+    trust = client_trust(ClientAuthConfig("require", pki.ca_file), pki.ca_file.read_bytes())
+    ctx = server_context(pki, "card-fop", ClientAuthConfig("require", pki.ca_file))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    with pytest.raises(ComplianceError, match="client certificate mode is CERT_OPTIONAL, not CERT_REQUIRED"):
+        verify_context(ctx, select_suites(PROFILES["card-fop"], ()), trust)
+

@@ -30,7 +30,13 @@ from fopproxy.certs import (
     read_snapshot,
     read_source,
 )
-from fopproxy.clientauth import ClientAuthConfig, ClientCA, load_client_ca
+from fopproxy.clientauth import (
+    ClientAuthConfig,
+    ClientCA,
+    ca_to_read,
+    client_trust,
+    load_client_ca,
+)
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, describe_certificate, result_rows
 from fopproxy.config import Config, load_config
@@ -309,7 +315,7 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
     real, since OpenSSL has the last word on a certificate set.
     """
     try:
-        snapshot = read_snapshot(config.tls.certificates)
+        snapshot = read_snapshot(config.tls.certificates, ca_to_read(config.tls.client_auth))
     except CertificateError as exc:
         return exc
     loaded: list[LoadedCertificate] = []
@@ -319,14 +325,9 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
         if entry.loaded is None:  # pragma: no cover - readable for `run` a moment after `check`
             return CertificateReadError(f"tls.certificates[{index}]: changed while being read")
         loaded.append(entry.loaded)
-    client_auth = config.tls.client_auth
-    if client_auth.enabled and client_auth.ca is not None:
-        try:
-            load_client_ca(client_auth.ca)
-        except CertificateError as exc:
-            return exc
     try:
-        CertificateSet(loaded, config.tls.selection, config.server_name, snapshot.digest)
+        trust = client_trust(config.tls.client_auth, snapshot.client_ca)
+        CertificateSet(loaded, config.tls.selection, config.server_name, snapshot.digest, trust)
     except (CertificateError, ComplianceError) as exc:
         return exc
     return None
