@@ -131,6 +131,22 @@ VERIFY_MODES: dict[ClientAuthMode, ssl.VerifyMode] = {
 }
 
 
+_IDENTITY_CACHE_LIMIT = 1024
+_identities: dict[bytes, ClientIdentity] = {}
+
+
+def identity_of(der: bytes) -> ClientIdentity:
+    """The identity of a verified client certificate, parsed once per distinct certificate:
+    the clients of a proxy are few (Google's, its next rotation), connections are many."""
+    digest = hashlib.sha256(der).digest()
+    identity = _identities.get(digest)
+    if identity is None:
+        if len(_identities) >= _IDENTITY_CACHE_LIMIT:
+            _identities.clear()
+        identity = _identities[digest] = ClientIdentity.from_der(der)
+    return identity
+
+
 # ---- parsing (config.py calls this with its problem collector) -------------------------------
 
 _SHA256 = re.compile(r"[0-9A-Fa-f]{64}").fullmatch

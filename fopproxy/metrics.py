@@ -47,6 +47,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fopproxy import __version__
+from fopproxy.clientauth import FAILURE_REASONS
 from fopproxy.stats import (
     BACKEND_ERROR_REASONS,
     CONNECT_BUCKETS,
@@ -125,6 +126,7 @@ class Snapshot:
 
     handshakes: dict[tuple[str, str], int] = field(default_factory=dict)
     handshake_errors: dict[str, int] = field(default_factory=dict)
+    client_auth_failures: dict[str, int] = field(default_factory=dict)
     handshake_duration: HistogramData = field(
         default_factory=lambda: HistogramData.empty(HANDSHAKE_BUCKETS)
     )
@@ -147,6 +149,9 @@ class Snapshot:
             self,
             handshakes=_add_counts(self.handshakes, other.handshakes),
             handshake_errors=_add_counts(self.handshake_errors, other.handshake_errors),
+            client_auth_failures=_add_counts(
+                self.client_auth_failures, other.client_auth_failures
+            ),
             handshake_duration=self.handshake_duration + other.handshake_duration,
             connections_rejected=_add_counts(self.connections_rejected, other.connections_rejected),
             bytes_to_backend=self.bytes_to_backend + other.bytes_to_backend,
@@ -175,6 +180,7 @@ class Snapshot:
             {
                 "handshakes": [[v, c, n] for (v, c), n in self.handshakes.items()],
                 "handshake_errors": self.handshake_errors,
+                "client_auth_failures": self.client_auth_failures,
                 "handshake_duration": [list(self.handshake_duration.counts),
                                        self.handshake_duration.sum],
                 "connections_active": self.connections_active,
@@ -203,6 +209,7 @@ class Snapshot:
             return cls(
                 handshakes={(str(v), str(c)): int(n) for v, c, n in raw["handshakes"]},
                 handshake_errors=_int_map(raw["handshake_errors"]),
+                client_auth_failures=_int_map(raw["client_auth_failures"]),
                 handshake_duration=_histogram(raw["handshake_duration"], HANDSHAKE_BUCKETS),
                 connections_active=int(raw["connections_active"]),
                 connections_rejected=_int_map(raw["connections_rejected"]),
@@ -266,6 +273,7 @@ def take_snapshot(worker: Worker, started: float) -> Snapshot:
     return Snapshot(
         handshakes=dict(stats.handshakes),
         handshake_errors=dict(stats.handshake_errors),
+        client_auth_failures=dict(stats.client_auth_failures),
         handshake_duration=HistogramData.of(stats.handshake_duration),
         connections_active=stats.connections_active,
         connections_rejected=dict(stats.connections_rejected),
@@ -347,6 +355,11 @@ class FopproxyCollector(Collector):
         yield _counter_by(
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
             "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
+        )
+        yield _counter_by(
+            "fopproxy_tls_client_auth_failures",
+            "Client certificates refused (tls.client_auth), by reason",
+            "reason", snap.client_auth_failures, FAILURE_REASONS,
         )
         yield _histogram_family(
             "fopproxy_tls_handshake_duration_seconds",

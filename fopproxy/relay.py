@@ -27,11 +27,14 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from fopproxy.biomem import bio_releaser
+from fopproxy.clientauth import ClientIdentity, classify_failure, identity_of
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
+from fopproxy.proxyproto import ProxyProtocol, TLSDetails, header
 from fopproxy.resources import trim_heap
 from fopproxy.stats import Stats
 from fopproxy.tls import ServerSSLObject
+from fopproxy.tlsinfo import served_certificate
 
 if TYPE_CHECKING:
     from fopproxy.certs import CertificateSet
@@ -119,8 +122,14 @@ class Relay:
         max_connections: int,
         stats: Stats,
         log_connections: bool,
+        *,
+        proxy_protocol: ProxyProtocol = "off",
+        client_auth: bool = False,
     ) -> None:
         self.loop = loop
+        # PROXY protocol header to send the backend first; read the verified client certificate.
+        self.proxy_protocol = proxy_protocol
+        self.client_auth = client_auth
         self.time = loop.time
         self.certificates = certificates
         self.backend = backend
@@ -259,6 +268,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_out",
         "_out_slice",
         "_peer",
+        "_preamble",
         "_reason",
         "_ssl",
         "_started",
@@ -267,6 +277,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "backend",
         "backend_done",
         "cipher",
+        "client_cert",
         "relay",
         "state",
         "to_backend",
@@ -291,6 +302,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
+        self.client_cert: ClientIdentity | None = None
+        self._preamble = b""
 
     # ---- client transport events ---------------------------------------------------------
 
@@ -414,6 +427,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         except ssl.SSLError as exc:
             self._flush()  # the alert OpenSSL produced goes out before the close
+            refused = classify_failure(exc) if self.relay.client_auth else None
+            if refused is not None:
+                # A refused client certificate: counted as such, and as the handshake error it is.
+                self.relay.stats.client_auth_failures[refused] += 1
+                self._handshake_failed(classify_handshake_error(exc), f"client_auth:{refused}")
+                return
             self._handshake_failed(classify_handshake_error(exc))
             return
         self._flush()
@@ -425,9 +444,39 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.cipher = cipher[0] if cipher else "-"
         stats.handshakes[(self.version, self.cipher)] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
+        if relay.client_auth:
+            # Verified by OpenSSL against the CA and by the allow-list, or absent (optional).
+            der = tls.getpeercert(True)
+            self.client_cert = identity_of(der) if der else None
+        if relay.proxy_protocol != "off":
+            self._preamble = self._proxy_header()
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
+
+    def _proxy_header(self) -> bytes:
+        """The PROXY header for this connection, built once, before the backend is dialled."""
+        transport = self._transport
+        if transport is None:
+            return b""
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        tls = None
+        if self.relay.proxy_protocol == "v2":
+            sig_alg, key_alg = served_certificate(self._tls)
+            identity = self.client_cert
+            tls = TLSDetails(
+                version=self.version,
+                cipher=self.cipher,
+                sni=getattr(self._ssl, "sni", None),
+                sig_alg=sig_alg,
+                key_alg=key_alg,
+                cert_conn=identity is not None and not self._ssl.session_reused,
+                cert_sess=identity is not None,
+                verified=identity is not None,
+                cn=identity.cn if identity is not None else None,
+            )
+        return header(self.relay.proxy_protocol, peer, local, tls)
 
     def _expired(self) -> None:
         """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
@@ -439,9 +488,9 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
 
-    def _handshake_failed(self, reason: str) -> None:
+    def _handshake_failed(self, reason: str, logged: str | None = None) -> None:
         self._count_handshake_error(reason)
-        self._reason = f"handshake_error:{reason}"
+        self._reason = logged or f"handshake_error:{reason}"
         self.state = CLOSED
         if self._transport is not None:
             self._transport.close()
@@ -488,6 +537,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         self.backend = transport
         self.state = OPEN
+        if self._preamble:
+            # The PROXY header precedes every relayed byte: written before the first decrypt.
+            transport.write(self._preamble)
         self._last = self.relay.time()
         self._moved = -1
         self._lean = False
@@ -727,4 +779,5 @@ class ClientConnection(asyncio.BufferedProtocol):
                 # Whole microseconds: no float repr (a decimal conversion) per connection.
                 int((perf_counter() - self._started) * 1e6),
                 self._reason,
+                self.client_cert,
             )

@@ -128,6 +128,8 @@ class Worker:
             capacity,
             self.stats,
             config.logging.connections,
+            proxy_protocol=config.proxy_protocol,
+            client_auth=config.tls.client_auth.enabled,
         )
         sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
         self.server = await loop.create_server(

@@ -8,6 +8,7 @@ header it read, for the TLVs neither nginx 1.22 nor HAProxy 2.6 expose.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -167,3 +168,53 @@ class RecordingProxyBackend(ThreadedBackend):
                 first = False
             conn.sendall(data)
         conn.shutdown(socket.SHUT_WR)
+
+
+def describe(header: ProxyHeader) -> dict[str, object]:
+    """What a header said, as plain data (the HTTP backend's answer body)."""
+    ssl = header.ssl
+    return {
+        "version": header.version, "family": header.family, "src": header.src,
+        "sport": header.sport, "dst": header.dst, "dport": header.dport,
+        "authority": header.authority,
+        "ssl": None if ssl is None else {
+            "client": ssl.client, "verify": ssl.verify, "version": ssl.version, "cn": ssl.cn,
+            "cipher": ssl.cipher, "sig_alg": ssl.sig_alg, "key_alg": ssl.key_alg,
+        },
+    }
+
+
+class ProxyHttpBackend(ThreadedBackend):
+    """Reads one PROXY header per connection (independent reader), then answers one HTTP
+    request with the decoded header as JSON; keeps every header and what came after it."""
+
+    def __init__(self) -> None:
+        self.headers: list[ProxyHeader] = []
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        super().__init__(self._handle)
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            header = read_header(conn)
+        except (ProxyHeaderError, OSError, ValueError) as exc:
+            with self.lock:
+                self.errors.append(str(exc))
+            return
+        with self.lock:
+            self.headers.append(header)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            data = conn.recv(65536)
+            if not data:
+                return
+            request += data
+        if not request.startswith(b"GET "):
+            with self.lock:
+                self.errors.append(f"not an HTTP request after the header: {request[:40]!r}")
+            return
+        body = json.dumps(describe(header)).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
