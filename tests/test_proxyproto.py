@@ -136,3 +136,30 @@ def test_the_reader_refuses_a_broken_header() -> None:
         parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n")
     with pytest.raises(ProxyHeaderError):
         parse(header_v2(("127.0.0.1", 1), ("127.0.0.1", 2))[:-1])
+
+
+def test_readme_python_reader_reads_our_headers() -> None:
+    """The Python backend example in the README works on what we send (v1, v2; v4, v6, unknown)."""
+    import socket
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("  ```python\n  import socket, struct", 1)[1].split("  ```\n", 1)[0]
+    code = "\n".join(line[2:] for line in ("  import socket, struct" + block).splitlines())
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # our own documentation
+    read = namespace["read_proxy_header"]
+    tls = TLSDetails(sni="api.example.com", cert_conn=True, verified=True, cn="payments.google.com")
+    cases = [(("10.1.2.3", 4000), ("10.0.0.1", 443), "10.1.2.3", 4000),
+             (("2001:db8::1", 4000, 0, 0), ("2001:db8::2", 443, 0, 0), "2001:db8::1", 4000),
+             (None, None, None, None)]
+    for version in ("v1", "v2"):
+        for src, dst, ip, port in cases:
+            left, right = socket.socketpair()
+            with left, right:
+                left.sendall(header(version, src, dst, tls) + b"GET /")  # type: ignore[arg-type]
+                got_ip, got_port, tlvs = read(right)  # type: ignore[operator]
+                assert (got_ip, got_port) == (ip, port)
+                assert right.recv(16) == b"GET /"
+                if version == "v2":
+                    assert tlvs[0x02] == b"api.example.com"
