@@ -258,3 +258,24 @@ def test_python_socket_sees_its_own_port_in_the_header(
                     pass
         [header] = backend.headers
     assert (header.sport, header.dport) == (port, proxy.port)
+
+
+def test_refusals_are_summed_over_workers(
+    tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, clients: Clients
+) -> None:
+    """workers: 2: the supervisor's scrape sums every worker's refusals."""
+    metrics_port = free_port()
+    with ProxyHttpBackend() as backend:
+        config = proxy_config(backend.address, workers=2, proxy_protocol="v2", metrics={"listen": f"127.0.0.1:{metrics_port}"})
+        config["tls"] = {**config["tls"], "client_auth": {"mode": "require", "ca": str(clients.ca_file)}}
+        with ProxyProcess(tmp_path, config) as proxy:
+            for _ in range(6):
+                refused_by_python(proxy, tls_files, None)
+            for _ in range(4):
+                refused_by_python(proxy, tls_files, clients.untrusted)
+            assert python_get(proxy, tls_files, clients.stranger)["ssl"]["cn"] == "stranger.example"
+            _body, samples = scrape(metrics_port)
+    metric = "fopproxy_tls_client_auth_failures_total"
+    assert {r: value(samples, metric, reason=r) for r in REASONS} == {
+        "no_certificate": 6, "untrusted": 4, "expired": 0, "not_allowed": 0,
+    }
