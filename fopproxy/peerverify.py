@@ -53,6 +53,24 @@ class _Crypto:
         self.i2d_x509 = lib.i2d_X509
         self.i2d_x509.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
         self.i2d_x509.restype = ctypes.c_int
+        self.x509_digest = lib.X509_digest
+        self.x509_digest.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)
+        ]
+        self.x509_digest.restype = ctypes.c_int
+        sha256 = lib.EVP_sha256
+        sha256.argtypes = []
+        sha256.restype = ctypes.c_void_p
+        self.sha256: int = sha256()
+        # One output buffer per process: the callback runs on the event loop's thread only.
+        self._md = (ctypes.c_ubyte * 32)()
+        self._md_len = ctypes.c_uint(0)
+
+    def fingerprint(self, cert: int) -> bytes | None:
+        """SHA-256 of the certificate's DER, computed by OpenSSL (no copy of the DER needed)."""
+        if self.x509_digest(cert, self.sha256, self._md, ctypes.byref(self._md_len)) != 1:
+            return None
+        return bytes(self._md)[: self._md_len.value]
 
     def der(self, cert: int) -> bytes | None:
         size = self.i2d_x509(cert, None)
@@ -99,20 +117,21 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
         # earlier failure stands as OpenSSL found it (untrusted, expired ...).
         if not preverify_ok or crypto.depth(store) != 0:
             return preverify_ok
-        der = crypto.der(crypto.current_cert(store))
-        admitted = False
-        if der is not None:
-            digest = hashlib.sha256(der).digest()
-            cached = decisions.get(digest)
-            if cached is None:
+        cert = crypto.current_cert(store)
+        digest = crypto.fingerprint(cert)
+        admitted = decisions.get(digest) if digest is not None else None
+        if admitted is None:
+            # A certificate not seen yet: read it once (the DER), judge it, remember.
+            der = crypto.der(cert)
+            admitted = False
+            if der is not None:
                 try:
-                    cached = allow.admits(ClientIdentity.from_der(der))
+                    admitted = allow.admits(ClientIdentity.from_der(der))
                 except ValueError:  # OpenSSL took it, cryptography cannot read it: refuse
-                    cached = False
+                    admitted = False
                 if len(decisions) >= _CACHE_LIMIT:
                     decisions.clear()
-                decisions[digest] = cached
-            admitted = cached
+                decisions[hashlib.sha256(der).digest()] = admitted
         if admitted:
             return 1
         crypto.set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)

@@ -11,7 +11,8 @@ first thing written to the backend: the relay's per-chunk path never sees it.
 
 from __future__ import annotations
 
-import ipaddress
+import functools
+import socket
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,35 +66,57 @@ class TLSDetails:
     cn: str | None = None
 
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
-def _tcp(address: SocketAddress) -> tuple[IP, int] | None:
+@dataclass(frozen=True, slots=True)
+class _Tcp:
+    """One TCP endpoint: IP version, canonical text, packed address, port."""
+
+    version: int
+    text: str
+    packed: bytes
+    port: int
+
+
+def _tcp(address: SocketAddress) -> _Tcp | None:
+    # inet_pton/inet_ntop (C) rather than the ipaddress module: ~10x cheaper per connection.
     if not isinstance(address, tuple) or len(address) < 2:
         return None
     host, port = address[0], address[1]
     if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         return None
+    host = host.partition("%")[0]  # drop an IPv6 zone id
     try:
-        return ipaddress.ip_address(host.partition("%")[0]), port  # drop an IPv6 zone id
-    except ValueError:
+        return _Tcp(4, host, socket.inet_pton(socket.AF_INET, host), port)
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
         return None
+    return _Tcp(6, socket.inet_ntop(socket.AF_INET6, packed), packed, port)
 
 
-def _pair(src: SocketAddress, dst: SocketAddress) -> tuple[IP, int, IP, int] | None:
-    """Both TCP addresses of one family, IPv4-mapped IPv6 unmapped (a dual-stack listener's
+def _unmapped(end: _Tcp) -> _Tcp | None:
+    if end.version == 6 and end.packed[:12] == _V4_MAPPED:
+        v4 = end.packed[12:]
+        return _Tcp(4, socket.inet_ntop(socket.AF_INET, v4), v4, end.port)
+    return None
+
+
+def _pair(src: SocketAddress, dst: SocketAddress) -> tuple[_Tcp, _Tcp] | None:
+    """Both TCP endpoints in one family, IPv4-mapped IPv6 unmapped (a dual-stack listener's
     IPv4 clients are IPv4 to the backend), or None where the spec says UNKNOWN/UNSPEC."""
     s, d = _tcp(src), _tcp(dst)
     if s is None or d is None:
         return None
-    (s_ip, sport), (d_ip, dport) = s, d
-    if isinstance(s_ip, ipaddress.IPv6Address) and isinstance(d_ip, ipaddress.IPv6Address):
-        s4, d4 = s_ip.ipv4_mapped, d_ip.ipv4_mapped
-        if s4 is not None and d4 is not None:
-            return s4, sport, d4, dport
-    if s_ip.version != d_ip.version:
+    s4, d4 = _unmapped(s), _unmapped(d)
+    if s4 is not None and d4 is not None:
+        return s4, d4
+    if s.version != d.version:
         return None
-    return s_ip, sport, d_ip, dport
+    return s, d
 
 
 def header_v1(src: SocketAddress, dst: SocketAddress) -> bytes:
@@ -102,9 +125,9 @@ def header_v1(src: SocketAddress, dst: SocketAddress) -> bytes:
     pair = _pair(src, dst)
     if pair is None:
         return b"PROXY UNKNOWN\r\n"
-    s, sport, d, dport = pair
+    s, d = pair
     family = "TCP4" if s.version == 4 else "TCP6"
-    return f"PROXY {family} {s} {d} {sport} {dport}\r\n".encode("ascii")
+    return f"PROXY {family} {s.text} {d.text} {s.port} {d.port}\r\n".encode("ascii")
 
 
 def _tlv(kind: int, value: bytes) -> bytes:
@@ -126,9 +149,9 @@ def _unix_path(address: SocketAddress) -> bytes | None:
 def _addresses_v2(src: SocketAddress, dst: SocketAddress) -> tuple[int, bytes]:
     pair = _pair(src, dst)
     if pair is not None:
-        s, sport, d, dport = pair
+        s, d = pair
         family = _TCP4 if s.version == 4 else _TCP6
-        return family, s.packed + d.packed + sport.to_bytes(2, "big") + dport.to_bytes(2, "big")
+        return family, s.packed + d.packed + s.port.to_bytes(2, "big") + d.port.to_bytes(2, "big")
     s_unix, d_unix = _unix_path(src), _unix_path(dst)
     if s_unix is not None and d_unix is not None:
         return _UNIX_STREAM, s_unix + d_unix
@@ -169,6 +192,20 @@ def _ssl_tlv(tls: TLSDetails) -> bytes:
     return _tlv(PP2_TYPE_SSL, bytes(body))
 
 
+@functools.lru_cache(maxsize=256)
+def _tlvs(tls: TLSDetails) -> bytes:
+    """The TLV block; cached, since a proxy sees few distinct combinations (one SNI, a few
+    suites, its two certificates, its few clients), so most connections only hash `tls`."""
+    tlvs = b""
+    alpn = _text(tls.alpn)
+    if alpn is not None:
+        tlvs += _tlv(PP2_TYPE_ALPN, alpn)
+    sni = _text(tls.sni)
+    if sni is not None:
+        tlvs += _tlv(PP2_TYPE_AUTHORITY, sni)
+    return tlvs + _ssl_tlv(tls)
+
+
 def header_v2(
     src: SocketAddress,
     dst: SocketAddress,
@@ -184,16 +221,7 @@ def header_v2(
     if local:
         return V2_SIGNATURE + bytes((_V2_LOCAL, _AF_UNSPEC)) + b"\0\0"
     family, addresses = _addresses_v2(src, dst)
-    tlvs = b""
-    if tls is not None:
-        alpn = _text(tls.alpn)
-        if alpn is not None:
-            tlvs += _tlv(PP2_TYPE_ALPN, alpn)
-        sni = _text(tls.sni)
-        if sni is not None:
-            tlvs += _tlv(PP2_TYPE_AUTHORITY, sni)
-        tlvs += _ssl_tlv(tls)
-    body = addresses + tlvs
+    body = addresses if tls is None else addresses + _tlvs(tls)
     return V2_SIGNATURE + bytes((_V2_PROXY, family)) + len(body).to_bytes(2, "big") + body
 
 
