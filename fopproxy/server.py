@@ -1,6 +1,6 @@
 """One worker process: the TLS listener, its lifecycle, and the ordered graceful shutdown.
 
-Shutdown order (SIGTERM/SIGINT, or the injected `shutdown` event): stop accepting (the listening
+Shutdown order (SIGTERM/SIGINT, or `request_shutdown()`): stop accepting (the listening
 socket closes, so new clients are refused and readiness turns false), let open connections finish
 for up to `timeouts.drain` seconds, reset whatever is left, stop the watchers, exit 0. A second
 signal skips the wait.
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable
 
 from fopproxy.config import Config
 from fopproxy.relay import Relay
@@ -75,7 +74,6 @@ class Worker:
         self.draining = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.on_ready: list[Callable[[Worker], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -135,8 +133,6 @@ class Worker:
         self.server = await loop.create_server(
             self.relay.protocol_factory, sock=sock, backlog=config.backlog
         )
-        for callback in self.on_ready:
-            callback(self)
 
     async def serve(self) -> int:
         """Run until shutdown is requested, then drain; returns the exit code."""
