@@ -21,19 +21,20 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from fopproxy.certrules import Evidence, PrivateKey, covers, refusal
+from fopproxy.certrules import Evidence, PrivateKey, covers, is_self_signed, refusal
 from fopproxy.clientauth import (
+    CA_KEY,
     ClientAuthConfig,
+    ClientCA,
     ClientTrust,
     ca_to_read,
-    client_trust,
-    read_client_ca,
 )
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
     CertificateReadError,
 )
+from fopproxy.peerverify import apply_client_trust
 from fopproxy.policy import KeyType, SuiteSelection
 from fopproxy.tls import build_context
 
@@ -326,7 +327,11 @@ class CertificateSet:
             ]
             try:
                 return build_context(
-                    self.selection, chains, self._on_sni if with_sni else None, self.client_trust
+                    self.selection,
+                    chains,
+                    self._on_sni if with_sni else None,
+                    self.client_trust,
+                    apply_client_trust,
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
@@ -441,3 +446,59 @@ def load_certificate_set(
     ca = None if client_auth is None else ca_to_read(client_auth)
     snapshot = read_snapshot(sources, ca)
     return build_certificate_set(snapshot, server_name, selection, now, client_auth)
+
+
+# ---- the client CA file (tls.client_auth.ca) ---------------------------------------------------
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def validate_client_ca(data: bytes, path: Path) -> ClientCA:
+    """Every certificate in the file must be a CA or a self-signed leaf (pinned): one that is
+    neither can never be a trust anchor, so it is a mistake (an intermediate or a leaf by error).
+    Read with the certificates' PEM reader, so a file caught mid-write is a rotation under way."""
+    try:
+        certificates = parse_chain(data)
+    except CertificateError as exc:
+        raise type(exc)(f"{CA_KEY}: {path}: {exc}") from None
+    for index, cert in enumerate(certificates):
+        if not (_is_ca(cert) or is_self_signed(cert)):
+            raise CertificateError(
+                f"{CA_KEY}: {path}: certificate [{index}] ({cert.subject.rfc4514_string()}) is "
+                "neither a CA (basicConstraints CA:TRUE) nor self-signed, so no client "
+                "certificate can chain to it; put the issuing CA here"
+            )
+    try:
+        pem = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CertificateError(f"{CA_KEY}: {path}: not ASCII PEM text") from None
+    return ClientCA(pem, tuple(certificates))
+
+
+def read_client_ca(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CertificateReadError(f"{CA_KEY}: cannot read {path}: {exc.strerror}") from None
+
+
+def load_client_ca(path: Path) -> ClientCA:
+    """Read and validate the CA file; errors name `tls.client_auth.ca` and the file."""
+    return validate_client_ca(read_client_ca(path), path)
+
+
+def client_trust(config: ClientAuthConfig, ca_pem: bytes | None) -> ClientTrust | None:
+    """The trust a context is built with, from the CA bytes a snapshot read; None when off.
+
+    Fails closed: client_auth on without CA content never yields a context that asks nothing.
+    """
+    if not config.enabled:
+        return None
+    if config.ca is None or ca_pem is None:
+        raise CertificateError(f"{CA_KEY}: not read, so client certificates cannot be verified")
+    return ClientTrust(config.mode, validate_client_ca(ca_pem, config.ca), config.allow)

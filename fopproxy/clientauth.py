@@ -21,8 +21,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fopproxy.certrules import hostname_matches, is_self_signed
-from fopproxy.errors import CertificateError, CertificateReadError
+from fopproxy.certrules import hostname_matches
 
 ClientAuthMode = Literal["off", "optional", "require"]
 MODES: tuple[ClientAuthMode, ...] = ("off", "optional", "require")
@@ -323,41 +322,11 @@ class ClientCA:
         return tuple(c.subject.rfc4514_string() for c in self.certificates)
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def validate_client_ca(data: bytes, path: Path) -> ClientCA:
-    """Every certificate in the file must be a CA or a self-signed leaf (pinned): one that is
-    neither can never be a trust anchor, so it is a mistake (an intermediate or a leaf by error)."""
-    # Imported here: certs builds contexts with a ClientTrust, so it imports this module.
-    from fopproxy.certs import parse_chain
-
-    try:
-        certificates = parse_chain(data)
-    except CertificateError as exc:
-        raise type(exc)(f"{CA_KEY}: {path}: {exc}") from None
-    for index, cert in enumerate(certificates):
-        if not (_is_ca(cert) or is_self_signed(cert)):
-            raise CertificateError(
-                f"{CA_KEY}: {path}: certificate [{index}] ({cert.subject.rfc4514_string()}) is "
-                "neither a CA (basicConstraints CA:TRUE) nor self-signed, so no client "
-                "certificate can chain to it; put the issuing CA here"
-            )
-    try:
-        pem = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise CertificateError(f"{CA_KEY}: {path}: not ASCII PEM text") from None
-    return ClientCA(pem, tuple(certificates))
-
-
 @dataclass(frozen=True)
 class ClientTrust:
     """What a server context needs to ask for client certificates and judge them: the mode, the
-    validated CA file content (as read once, like the certificates) and the allow-list."""
+    validated CA file content (as read once, like the certificates) and the allow-list.
+    Built by certs.client_trust, which reads and validates the CA file."""
 
     mode: ClientAuthMode
     ca: ClientCA
@@ -368,33 +337,9 @@ class ClientTrust:
         return VERIFY_MODES[self.mode]
 
 
-def client_trust(config: ClientAuthConfig, ca_pem: bytes | None) -> ClientTrust | None:
-    """The trust a context is built with, from the CA bytes a snapshot read; None when off.
-
-    Fails closed: client_auth on without CA content never yields a context that asks nothing.
-    """
-    if not config.enabled:
-        return None
-    if config.ca is None or ca_pem is None:
-        raise CertificateError(f"{CA_KEY}: not read, so client certificates cannot be verified")
-    return ClientTrust(config.mode, validate_client_ca(ca_pem, config.ca), config.allow)
-
-
 def ca_to_read(config: ClientAuthConfig) -> Path | None:
     """The CA file a snapshot must read with the certificates (None when client_auth is off)."""
     return config.ca if config.enabled else None
-
-
-def read_client_ca(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CertificateReadError(f"{CA_KEY}: cannot read {path}: {exc.strerror}") from None
-
-
-def load_client_ca(path: Path) -> ClientCA:
-    """Read and validate the CA file; errors name `tls.client_auth.ca` and the file."""
-    return validate_client_ca(read_client_ca(path), path)
 
 
 # ---- refusals ---------------------------------------------------------------------------------

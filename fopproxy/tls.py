@@ -184,6 +184,7 @@ def build_context(
     chains: Sequence[tuple[str, str, bytes | None]],
     sni_callback: SniCallback | None = None,
     client_trust: ClientTrust | None = None,
+    apply_trust: Callable[[ssl.SSLContext, ClientTrust], None] | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
@@ -209,9 +210,9 @@ def build_context(
     if sni_callback is not None:
         ctx.sni_callback = sni_callback
     if client_trust is not None:
-        # Imported here: peerverify binds to libssl through this module's helpers.
-        from fopproxy.peerverify import apply_client_trust
-
-        apply_client_trust(ctx, client_trust)
+        # peerverify.apply_client_trust, passed in: it binds to libssl through this module.
+        if apply_trust is None:
+            raise ComplianceError("client certificates configured, but nothing to apply them")
+        apply_trust(ctx, client_trust)
     verify_context(ctx, selection, client_trust)
     return ctx

@@ -25,18 +25,14 @@ from fopproxy.certs import (
     CertificateSource,
     LoadedCertificate,
     certificate_evidence,
+    client_trust,
     entry_error,
+    load_client_ca,
     loaded_certificate,
     read_snapshot,
     read_source,
 )
-from fopproxy.clientauth import (
-    ClientAuthConfig,
-    ClientCA,
-    ca_to_read,
-    client_trust,
-    load_client_ca,
-)
+from fopproxy.clientauth import ClientAuthConfig, ClientCA, ca_to_read
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, describe_certificate, result_rows
 from fopproxy.config import Config, load_config
