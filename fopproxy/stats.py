@@ -17,6 +17,7 @@ HANDSHAKE_ERROR_REASONS = (
     "client_eof",
     "not_tls",
     "cert_rejected",
+    "invalid_sni",
     "other",
 )
 BACKEND_ERROR_REASONS = ("refused", "timeout", "unreachable", "dns", "reset", "other")
@@ -59,7 +60,6 @@ class Stats:
         "bytes_to_backend",
         "bytes_to_client",
         "client_auth_failures",
-        "connections_accepted",
         "connections_active",
         "connections_rejected",
         "handshake_duration",
@@ -75,7 +75,6 @@ class Stats:
         # Refused client certificates, by clientauth.FAILURE_REASONS (also a handshake error).
         self.client_auth_failures: defaultdict[str, int] = defaultdict(int)
         self.handshake_duration = Histogram(HANDSHAKE_BUCKETS)
-        self.connections_accepted = 0
         self.connections_active = 0
         self.connections_rejected: defaultdict[str, int] = defaultdict(int)
         self.bytes_to_backend = 0
