@@ -99,3 +99,15 @@ def test_public_root_without_allow_warns(tmp_path: Path, ca: CA, capsys: pytest.
     statuses = [r["status"] for r in client_rows(report)]
     assert "WARN" in statuses
     assert any("anyone with a certificate" in r["detail"] for r in client_rows(report))
+
+
+def test_check_refuses_require_without_ca_naming_the_key(tmp_path: Path, ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
+    """`fopproxy check` on require without ca (and a malformed pin): exit 2, one line per key."""
+    from fopproxy.cli import main
+
+    pair = ca.write(tmp_path, "ecdsa", [SERVER_NAME])
+    path = write_config(tmp_path, [pair], client_auth={"mode": "require", "allow": {"sha256": ["12:34"]}})
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tls.client_auth.ca: is required when mode is require" in err
+    assert "tls.client_auth.allow.sha256[0]:" in err
