@@ -26,6 +26,7 @@ from fopproxy.clientauth import (
     AllowList,
     ClientIdentity,
     ClientTrust,
+    identity_of,
 )
 from fopproxy.errors import ComplianceError
 from fopproxy.tls import _openssl, _ssl_ctx_pointer, bind_loaded_library
@@ -47,6 +48,9 @@ class _Crypto:
         self.current_cert = lib.X509_STORE_CTX_get_current_cert
         self.current_cert.argtypes = [ctypes.c_void_p]
         self.current_cert.restype = ctypes.c_void_p
+        self.leaf = lib.X509_STORE_CTX_get0_cert
+        self.leaf.argtypes = [ctypes.c_void_p]
+        self.leaf.restype = ctypes.c_void_p
         self.set_error = lib.X509_STORE_CTX_set_error
         self.set_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self.set_error.restype = None
@@ -109,14 +113,40 @@ def _libraries() -> tuple[_Ssl, _Crypto] | None:
     return ssl_lib, crypto
 
 
+# The client certificate the last refusal was about. The callback runs inside do_handshake, on
+# the event loop's only thread, and the relay takes it right after that call raised: no other
+# handshake can come between.
+_refused: ClientIdentity | None = None
+
+
+def take_refused() -> ClientIdentity | None:
+    """The certificate of the refusal that just happened (for its log line), once."""
+    global _refused  # see above: one thread, taken at once
+    refused, _refused = _refused, None
+    return refused
+
+
+def _note_refused(crypto: _Crypto, store: int) -> None:
+    global _refused  # noqa: PLW0603
+    der = crypto.der(crypto.leaf(store))
+    try:
+        _refused = identity_of(der) if der is not None else None
+    except ValueError:
+        _refused = None
+
+
 def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ignore[valid-type]
     decisions: dict[bytes, bool] = {}
 
     def verify(preverify_ok: int, store: int) -> int:
-        # Only the leaf of a chain OpenSSL has verified (ok at depth 0) is ours to judge; any
-        # earlier failure stands as OpenSSL found it (untrusted, expired ...).
-        if not preverify_ok or crypto.depth(store) != 0:
-            return preverify_ok
+        if not preverify_ok:
+            # OpenSSL refused the chain (untrusted, expired ...): its verdict stands; only
+            # remember whose certificate it was, for the log line.
+            _note_refused(crypto, store)
+            return 0
+        # Only the leaf of a chain OpenSSL has verified (ok at depth 0) is ours to judge.
+        if allow.empty or crypto.depth(store) != 0:
+            return 1
         cert = crypto.current_cert(store)
         digest = crypto.fingerprint(cert)
         admitted = decisions.get(digest) if digest is not None else None
@@ -134,6 +164,7 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
                 decisions[hashlib.sha256(der).digest()] = admitted
         if admitted:
             return 1
+        _note_refused(crypto, store)
         crypto.set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
         return 0
 
@@ -141,15 +172,17 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
 
 
 def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
-    """Make `ctx` refuse, inside the handshake, a verified client certificate outside `allow`.
+    """Make `ctx` refuse, inside the handshake, a verified client certificate outside `allow`,
+    and remember whose certificate each refusal was about (`take_refused`).
 
     Call after `ctx.verify_mode` is set. Fails closed (ComplianceError) where libssl cannot be
-    reached: serving without the allow-list would admit clients the config refuses.
+    reached and there is an allow-list: serving without it would admit clients the config
+    refuses. Without one, only the refused certificate's name in the log is lost.
     """
-    if allow.empty:
-        return
     libraries = _libraries()
     core = _openssl()
+    if (libraries is None or core is None) and allow.empty:
+        return
     if libraries is None or core is None:
         raise ComplianceError(
             "libssl/libcrypto are not visible in this process, so tls.client_auth.allow cannot "

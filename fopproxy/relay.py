@@ -31,6 +31,7 @@ from fopproxy.biomem import BioReleaser, bio_releaser
 from fopproxy.clientauth import ClientIdentity, classify_failure, identity_of
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
+from fopproxy.peerverify import take_refused
 from fopproxy.proxyproto import ProxyProtocol, TLSDetails, header
 from fopproxy.reasons import CloseReason
 from fopproxy.resources import trim_heap
@@ -482,6 +483,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             if refused is not None:
                 # A refused client certificate: counted as such, and as the handshake error it is.
                 self.relay.stats.client_auth_failures[refused] += 1
+                self.client_cert = take_refused()
                 self._count_handshake_error(classify_handshake_error(exc))
                 self.close(CloseReason.CLIENT_AUTH, refused)
                 return

@@ -179,6 +179,12 @@ def test_require_admits_only_allowed_certificates(
     assert f"client_sha256={clients.pinned.fingerprint}" in log
     for reason, count in (("no_certificate", 3), ("untrusted", 2), ("expired", 2)):
         assert log.count(f"reason=client_auth:{reason}") == count, reason
+    # A refused certificate is named on its line too: whose it was is what an operator needs.
+    for reason, cert, count in (("untrusted", clients.untrusted, 2), ("expired", clients.expired, 2),
+                                ("not_allowed", clients.stranger, 2)):
+        assert log.count(f"reason=client_auth:{reason} client_subject=") == count, reason
+        assert log.count(f"client_sha256={cert.fingerprint}") == count, reason
+    assert "reason=client_auth:no_certificate client_subject" not in log
 
 
 # ---- optional ------------------------------------------------------------------------------------------
