@@ -16,11 +16,11 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from fopproxy.certs import CertificateSource
 from fopproxy.clientauth import ClientAuthConfig, parse_client_auth
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
 from fopproxy.proxyproto import PROXY_PROTOCOLS, ProxyProtocol
+from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -29,7 +29,7 @@ from fopproxy.clientauth import (
     identity_of,
 )
 from fopproxy.errors import ComplianceError
-from fopproxy.tls import _openssl, _ssl_ctx_pointer, bind_loaded_library
+from fopproxy.native import _openssl, _ssl_ctx_pointer, bind_loaded_library
 
 _VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 # A bound on the decisions kept per context: distinct client certificates are few (Google's, a

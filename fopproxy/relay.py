@@ -3,9 +3,9 @@
 Network reads land in one buffer shared by every connection of the loop, and are fed to the
 pipe's BIOs in slices (`SMALL_SLICE`, then `TLS_SLICE` for bulk), so a BIO (which never shrinks
 on its own) stays small however large a burst was; once a relay has been quiet for a sweep, its
-BIO buffers are freed outright (biomem.py), so an idle connection costs its TLS state whatever
-it carried. Each read is sized to what the other side can take (`WRITE_HIGH`), so a peer that
-stops reading holds one write buffer, not a whole read.
+BIO buffers are freed outright (native.BioReleaser), so an idle connection costs its TLS state
+whatever it carried. Each read is sized to what the other side can take (`WRITE_HIGH`), so a
+peer that stops reading holds one write buffer, not a whole read.
 
 One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
 both ways with backpressure -> close (one method, a CloseReason; a closing client that takes
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from fopproxy.biomem import BioReleaser, bio_releaser
 from fopproxy.clientauth import ClientIdentity, classify_failure, identity_of
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
+from fopproxy.native import BioReleaser, bio_releaser
 from fopproxy.peerverify import take_refused
 from fopproxy.proxyproto import ProxyProtocol, TLSDetails, header
 from fopproxy.reasons import CloseReason

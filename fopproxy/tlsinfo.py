@@ -17,7 +17,7 @@ import functools
 import ssl
 
 from fopproxy.errors import ComplianceError
-from fopproxy.tls import _openssl, _ssl_ctx_pointer, bind_loaded_library
+from fopproxy.native import _openssl, _ssl_ctx_pointer, bind_loaded_library
 
 _EVP_PKEY_NAMES = {6: "RSA", 408: "EC", 116: "DSA", 912: "RSA-PSS", 1087: "ED25519"}
 

@@ -17,8 +17,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from fopproxy.native import fast_sslobj
+
 if TYPE_CHECKING:
-    from fopproxy.biomem import BioReleaser
+    from fopproxy.native import BioReleaser
 
 log = logging.getLogger("fopproxy.conn")
 
@@ -53,7 +55,7 @@ class TLSPipe:
         # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
         # signatures); calling those directly saves a Python frame per record. Fall back to the
         # public object should a CPython ever not have it.
-        self.tls: Any = getattr(ssl_object, "_sslobj", ssl_object)
+        self.tls: Any = fast_sslobj(ssl_object)
         self.in_slice = SMALL_SLICE
         self.out_slice = SMALL_SLICE
 

@@ -19,7 +19,6 @@ from fopproxy.clientauth import (
     parse_fingerprint,
 )
 from fopproxy.errors import CertificateError, CertificateReadError, ComplianceError
-from fopproxy.peerverify import apply_client_trust
 from fopproxy.policy import PROFILES, select_suites
 from fopproxy.tls import build_context, verify_context
 from tests.conftest import SERVER_NAME
@@ -204,7 +203,7 @@ def server_context(pki: Pki, profile: str, config: ClientAuthConfig, ca_pem: str
     """The server context as fopproxy builds it (tls.build_context with the client trust)."""
     trust = client_trust(config, (ca_pem or pki.ca_file.read_text()).encode())
     chains = [(str(pki.server.cert), str(pki.server.key), None)]
-    return build_context(select_suites(PROFILES[profile], ()), chains, None, trust, apply_client_trust)
+    return build_context(select_suites(PROFILES[profile], ()), chains, None, client_trust=trust)
 
 
 def handshake(server_ctx: ssl.SSLContext, client: ClientCert | None, pki: Pki) -> tuple[ssl.SSLError | None, ssl.SSLError | None, ssl.SSLObject]:

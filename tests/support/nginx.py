@@ -30,6 +30,7 @@ class Nginx:
         ciphers: str = SIX,
         server_name: str = "api.example.test",
         prefer_server: bool = True,
+        curves: str = "X25519:prime256v1:secp384r1",
         extra: str = "",
     ) -> None:
         self.folder = folder
@@ -56,6 +57,7 @@ http {{
       ssl_protocols {protocols};
       ssl_ciphers "{ciphers}";
       ssl_prefer_server_ciphers {"on" if prefer_server else "off"};
+      ssl_ecdh_curve {curves};
       {extra}
       location / {{ return 200 "ok\\n"; }}
   }}
