@@ -529,7 +529,7 @@ def validate_client_ca(data: bytes, path: Path) -> ClientCA:
         pem = data.decode("ascii")
     except UnicodeDecodeError:
         raise CertificateError(f"{CA_KEY}: {path}: not ASCII PEM text") from None
-    return ClientCA(pem, tuple(certificates))
+    return ClientCA(pem, tuple(c.subject.rfc4514_string() for c in certificates))
 
 
 def read_client_ca(path: Path) -> bytes:

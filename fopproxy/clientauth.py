@@ -9,7 +9,6 @@ inside the handshake). Every refusal is one of four bounded reasons, the metric'
 
 from __future__ import annotations
 
-import hashlib
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -17,11 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
-
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from fopproxy.certrules import hostname_matches
 
 ClientAuthMode = Literal["off", "optional", "require"]
 MODES: tuple[ClientAuthMode, ...] = ("off", "optional", "require")
@@ -61,26 +55,6 @@ class ClientIdentity:
         """The SHA-256 as `AB:CD:…`, the form `allow.sha256` and `fopproxy cert show` use."""
         return self.sha256.hex(":").upper()
 
-    @classmethod
-    def from_der(cls, der: bytes) -> ClientIdentity:
-        cert = x509.load_der_x509_certificate(der)
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            dns = tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
-            uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
-        except x509.ExtensionNotFound:
-            dns, uris = (), ()
-        common_names = tuple(
-            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        )
-        return cls(
-            subject=cert.subject.rfc4514_string(),
-            common_names=common_names,
-            dns=dns,
-            uris=uris,
-            sha256=hashlib.sha256(der).digest(),
-        )
-
 
 @dataclass(frozen=True)
 class AllowList:
@@ -105,6 +79,12 @@ class AllowList:
             return True
         if self.uri and any(uri in self.uri for uri in identity.uris):
             return True
+        if not self.dns:
+            return False
+        # The certificate rules' RFC 6125 matcher; imported here so that loading the config
+        # (which parses allow) does not load cryptography (fopproxy/sources.py says why).
+        from fopproxy.certrules import hostname_matches
+
         return any(hostname_matches(pattern, name) for pattern in self.dns for name in identity.dns)
 
 
@@ -128,22 +108,6 @@ class ClientAuthConfig:
 VERIFY_MODES: dict[ClientAuthMode, ssl.VerifyMode] = {
     "off": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "require": ssl.CERT_REQUIRED,
 }
-
-
-_IDENTITY_CACHE_LIMIT = 1024
-_identities: dict[bytes, ClientIdentity] = {}
-
-
-def identity_of(der: bytes) -> ClientIdentity:
-    """The identity of a verified client certificate, parsed once per distinct certificate:
-    the clients of a proxy are few (Google's, its next rotation), connections are many."""
-    digest = hashlib.sha256(der).digest()
-    identity = _identities.get(digest)
-    if identity is None:
-        if len(_identities) >= _IDENTITY_CACHE_LIMIT:
-            _identities.clear()
-        identity = _identities[digest] = ClientIdentity.from_der(der)
-    return identity
 
 
 # ---- parsing (config.py calls this with its problem collector) -------------------------------
@@ -312,14 +276,11 @@ def parse_client_auth(
 
 @dataclass(frozen=True)
 class ClientCA:
-    """The validated CA file: the PEM text handed to OpenSSL and the certificates it holds."""
+    """The validated CA file (certs.validate_client_ca): the PEM text handed to OpenSSL and the
+    subjects of the certificates it holds, in file order."""
 
     pem: str = field(repr=False)
-    certificates: tuple[x509.Certificate, ...]
-
-    @property
-    def subjects(self) -> tuple[str, ...]:
-        return tuple(c.subject.rfc4514_string() for c in self.certificates)
+    subjects: tuple[str, ...]
 
 
 @dataclass(frozen=True)

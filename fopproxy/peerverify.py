@@ -21,12 +21,14 @@ import hashlib
 import os
 import ssl
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from fopproxy.clientauth import (
     X509_V_ERR_APPLICATION_VERIFICATION,
     AllowList,
     ClientIdentity,
     ClientTrust,
-    identity_of,
 )
 from fopproxy.errors import ComplianceError
 from fopproxy.native import _openssl, _ssl_ctx_pointer, bind_loaded_library
@@ -113,6 +115,43 @@ def _libraries() -> tuple[_Ssl, _Crypto] | None:
     return ssl_lib, crypto
 
 
+def identity_from_der(der: bytes) -> ClientIdentity:
+    """What the allow-list and the log need from a certificate (ValueError if unreadable)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = tuple(n.lower().rstrip(".") for n in san.get_values_for_type(x509.DNSName))
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        dns, uris = (), ()
+    common_names = tuple(
+        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    )
+    return ClientIdentity(
+        subject=cert.subject.rfc4514_string(),
+        common_names=common_names,
+        dns=dns,
+        uris=uris,
+        sha256=hashlib.sha256(der).digest(),
+    )
+
+
+_IDENTITY_CACHE_LIMIT = 1024
+_identities: dict[bytes, ClientIdentity] = {}
+
+
+def identity_of(der: bytes) -> ClientIdentity:
+    """The identity of a client certificate, parsed once per distinct certificate: the clients
+    of a proxy are few (Google's, its next rotation), connections are many."""
+    digest = hashlib.sha256(der).digest()
+    identity = _identities.get(digest)
+    if identity is None:
+        if len(_identities) >= _IDENTITY_CACHE_LIMIT:
+            _identities.clear()
+        identity = _identities[digest] = identity_from_der(der)
+    return identity
+
+
 # The client certificate the last refusal was about. The callback runs inside do_handshake, on
 # the event loop's only thread, and the relay takes it right after that call raised: no other
 # handshake can come between.
@@ -156,7 +195,7 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
             admitted = False
             if der is not None:
                 try:
-                    admitted = allow.admits(ClientIdentity.from_der(der))
+                    admitted = allow.admits(identity_from_der(der))
                 except ValueError:  # OpenSSL took it, cryptography cannot read it: refuse
                     admitted = False
                 if len(decisions) >= _CACHE_LIMIT:

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from fopproxy.clientauth import ClientIdentity, classify_failure, identity_of
+from fopproxy.clientauth import ClientIdentity, classify_failure
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
 from fopproxy.native import BioReleaser, bio_releaser
-from fopproxy.peerverify import take_refused
+from fopproxy.peerverify import identity_of, take_refused
 from fopproxy.proxyproto import ProxyProtocol, TLSDetails, header
 from fopproxy.reasons import CloseReason
 from fopproxy.resources import trim_heap

@@ -155,14 +155,15 @@ def _client_auth_results(
             "client_auth",
             subject,
             "PASS",
-            f"{config.mode}: {len(ca.certificates)} trust anchor(s) in {config.ca}: "
+            f"{config.mode}: {len(ca.subjects)} trust anchor(s) in {config.ca}: "
             + "; ".join(ca.subjects)
             + ("; allow: any certificate that chains to them" if allow.empty else
                f"; allow: {len(allow.cn)} cn, {len(allow.dns)} dns, {len(allow.uri)} uri, "
                f"{len(allow.sha256)} sha256"),
         )
     ]
-    for index, cert in enumerate(ca.certificates):
+    anchors = x509.load_pem_x509_certificates(ca.pem.encode("ascii"))
+    for index, cert in enumerate(anchors):
         if cert.not_valid_after_utc <= now:
             rows.append(Result(
                 "client_auth", f"{subject}.ca[{index}]", "WARN",
@@ -170,7 +171,7 @@ def _client_auth_results(
                 f"{cert.not_valid_after_utc.isoformat()}: certificates it issued are refused",
             ))
     public = _public_roots()
-    if allow.empty and any(c.public_key().public_bytes(*_SPKI) in public for c in ca.certificates):
+    if allow.empty and any(c.public_key().public_bytes(*_SPKI) in public for c in anchors):
         rows.append(Result(
             "client_auth", subject, "WARN",
             "ca holds a public root (Mozilla store) and allow is empty: anyone with a certificate "
