@@ -271,3 +271,21 @@ def apply_client_trust(ctx: ssl.SSLContext, trust: ClientTrust) -> None:
     ctx.load_verify_locations(cadata=trust.ca.pem)
     name_client_cas(ctx, trust.ca.pem)
     install_allow_check(ctx, trust.allow)
+
+
+def status() -> dict[str, str]:
+    """Whether the verify callback and the CA names can be set here, for `fopproxy check`."""
+    libraries = _libraries()
+    core = _openssl()
+    reachable = False
+    if libraries is not None and core is not None:
+        try:
+            _ssl_ctx_pointer(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), core)
+            reachable = True
+        except ComplianceError:
+            reachable = False
+    return {
+        "client certificates (allow-list, CA names, refused names)": "active"
+        if reachable
+        else "unavailable: tls.client_auth.allow cannot be enforced (refused at start)",
+    }

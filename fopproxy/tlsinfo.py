@@ -98,3 +98,9 @@ def served_certificate(tls: object) -> tuple[str | None, str | None]:
         kind = _EVP_PKEY_NAMES.get(lib.base_id(key))
         key_alg = f"{kind}{lib.bits(key)}" if kind else None
     return sig_alg, key_alg
+
+
+def status() -> dict[str, str]:
+    """Whether the served certificate can be named (PROXY v2 SIG_ALG/KEY_ALG), for `check`."""
+    state = "active" if _library() is not None else "off (left out)"
+    return {"served certificate (PROXY v2 SIG_ALG, KEY_ALG)": state}

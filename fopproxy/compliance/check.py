@@ -42,9 +42,11 @@ from fopproxy.errors import (
     FopproxyError,
 )
 from fopproxy.native import status as native_status
+from fopproxy.peerverify import status as peerverify_status
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, IANA_NAMES, SuiteSelection, suite_key_type
 from fopproxy.sources import CertificateSource
 from fopproxy.tls import agreed_groups, build_context, offered_suites
+from fopproxy.tlsinfo import status as tlsinfo_status
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
     client_rows, client_facts = _client_auth_results(config.tls.client_auth, moment)
     report.add(*client_rows)
     report.add(_startup_result(config, judged))
-    native = native_status()
+    native = {**native_status(), **peerverify_status(), **tlsinfo_status()}
     report.add(
         Result("startup", "runtime", "PASS", "; ".join(f"{k}: {v}" for k, v in native.items()))
     )
