@@ -285,3 +285,33 @@ def test_refusals_are_summed_over_workers(
     assert {r: value(samples, metric, reason=r) for r in REASONS} == {
         "no_certificate": 6, "untrusted": 4, "expired": 0, "not_allowed": 0,
     }
+
+
+def test_resumed_session_keeps_the_identity_with_the_session_flag(
+    tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, clients: Clients
+) -> None:
+    """TLS 1.2 resumption (session-ID cache): no certificate is sent again, the session's is the
+    identity; the v2 header says so (CERT_SESS without CERT_CONN) and the log still names it."""
+    auth = {"mode": "require", "ca": str(clients.ca_file), "allow": {"cn": ["payments.google.com"]}}
+    with ProxyHttpBackend() as backend:
+        proxy, _ = start(tmp_path, proxy_config, backend, "card-fop", auth)
+        with proxy:
+            ctx = client_context(tls_files.cafile)
+            ctx.load_cert_chain(str(clients.google.cert), str(clients.google.key))
+            answers = []
+            session = None
+            for _ in range(2):
+                raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                with ctx.wrap_socket(raw, server_hostname=SERVER_NAME, session=session) as sock:
+                    sock.sendall(f"GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\n\r\n".encode())
+                    data = b""
+                    while chunk := sock.recv(65536):
+                        data += chunk
+                    answers.append((sock.session_reused, json.loads(data.partition(b"\r\n\r\n")[2])))
+                    session = sock.session
+            log = proxy.wait_for_log("reason=done", count=2)
+    (first_reused, first), (second_reused, second) = answers
+    assert (first_reused, second_reused) == (False, True)
+    assert first["ssl"]["client"] == 7 and second["ssl"]["client"] == 5
+    assert second["ssl"]["verify"] == 0 and second["ssl"]["cn"] == "payments.google.com"
+    assert log.count(f"client_sha256={clients.google.fingerprint}") == 2
