@@ -8,9 +8,10 @@ processed; refusing there makes OpenSSL fail the handshake itself, with the aler
 application verification failure (handshake_failure), encrypted where TLS 1.3 needs it, and with
 `verify_code` 50 on the SSLError, which clientauth.classify_failure reads as `not_allowed`.
 
-The callback is installed only where the allow-list is not empty; it does real work once per
-handshake (at depth 0, for a chain OpenSSL already verified): one DER encoding and one SHA-256,
-then a cached decision per distinct certificate.
+The callback is installed wherever client certificates are asked for. With an allow-list it
+does real work once per handshake (at depth 0, for a chain OpenSSL already verified): one
+SHA-256 inside OpenSSL and a cached decision per distinct certificate. On any refusal it also
+notes whose certificate it was, for the connection's log line (`take_refused`).
 """
 
 from __future__ import annotations
@@ -210,6 +211,18 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
     return _VerifyCallback(verify)
 
 
+def _reach(ctx: ssl.SSLContext) -> tuple[tuple[_Ssl, _Crypto], int] | None:
+    """The bindings and `ctx`'s SSL_CTX pointer, or None where either cannot be had safely."""
+    libraries = _libraries()
+    core = _openssl()
+    if libraries is None or core is None:
+        return None
+    try:
+        return libraries, _ssl_ctx_pointer(ctx, core)
+    except ComplianceError:
+        return None
+
+
 def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
     """Make `ctx` refuse, inside the handshake, a verified client certificate outside `allow`,
     and remember whose certificate each refusal was about (`take_refused`).
@@ -218,17 +231,16 @@ def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
     reached and there is an allow-list: serving without it would admit clients the config
     refuses. Without one, only the refused certificate's name in the log is lost.
     """
-    libraries = _libraries()
-    core = _openssl()
-    if (libraries is None or core is None) and allow.empty:
-        return
-    if libraries is None or core is None:
+    reached = _reach(ctx)
+    if reached is None:
+        if allow.empty:
+            return  # OpenSSL's own verification is all that is asked for
         raise ComplianceError(
-            "libssl/libcrypto are not visible in this process, so tls.client_auth.allow cannot "
-            "be enforced; remove the allow-list (any certificate from ca) or use another runtime"
+            "libssl/libcrypto cannot be reached from this Python, so tls.client_auth.allow "
+            "cannot be enforced; remove the allow-list (any certificate from ca) or use "
+            "another runtime"
         )
-    ssl_lib, crypto = libraries
-    pointer = _ssl_ctx_pointer(ctx, core)
+    (ssl_lib, crypto), pointer = reached
     mode = ssl_lib.get_verify_mode(pointer)
     callback = _decider(allow, crypto)
     ssl_lib.set_verify(pointer, mode, callback)
@@ -244,12 +256,10 @@ def name_client_cas(ctx: ssl.SSLContext, pem: str) -> bool:
     (curl, browsers, Java) picks one by these names. Best effort: returns False where libssl is
     out of reach; the CA still verifies, only the hint is missing.
     """
-    libraries = _libraries()
-    core = _openssl()
-    if libraries is None or core is None:
+    reached = _reach(ctx)
+    if reached is None:
         return False
-    ssl_lib, _ = libraries
-    pointer = _ssl_ctx_pointer(ctx, core)
+    (ssl_lib, _), pointer = reached
     # SSL_load_client_CA_file takes a path: hand it the validated bytes through a memfd, not the
     # user's file again (a rotation may be rewriting it right now).
     fd = os.memfd_create("fopproxy-client-ca", os.MFD_CLOEXEC)
@@ -275,15 +285,7 @@ def apply_client_trust(ctx: ssl.SSLContext, trust: ClientTrust) -> None:
 
 def status() -> dict[str, str]:
     """Whether the verify callback and the CA names can be set here, for `fopproxy check`."""
-    libraries = _libraries()
-    core = _openssl()
-    reachable = False
-    if libraries is not None and core is not None:
-        try:
-            _ssl_ctx_pointer(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), core)
-            reachable = True
-        except ComplianceError:
-            reachable = False
+    reachable = _reach(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)) is not None
     return {
         "client certificates (allow-list, CA names, refused names)": "active"
         if reachable
