@@ -327,3 +327,20 @@ def test_context_self_check_fails_closed_on_a_lost_verify_mode(pki: Pki) -> None
     with pytest.raises(ComplianceError, match="client certificate mode is CERT_OPTIONAL, not CERT_REQUIRED"):
         verify_context(ctx, select_suites(PROFILES["card-fop"], ()), trust)
 
+
+
+def test_without_libssl_an_allow_list_fails_closed(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libssl cannot be reached, an allow-list refuses to start (it could not be enforced);
+    without one, OpenSSL's own verification still serves, and the refusal still happens."""
+    from fopproxy import peerverify
+
+    monkeypatch.setattr(peerverify, "_reach", lambda ctx: None)
+    with pytest.raises(ComplianceError, match=r"tls\.client_auth\.allow cannot be enforced"):
+        server_context(pki, "card-fop", ClientAuthConfig("require", pki.ca_file, AllowList(cn=("x",))))
+    ctx = server_context(pki, "card-fop", ClientAuthConfig("require", pki.ca_file))
+    server_error, _, _ = handshake(ctx, pki.untrusted, pki)
+    assert server_error is not None and classify_failure(server_error) == "untrusted"
+    assert peerverify.status() == {
+        "client certificates (allow-list, CA names, refused names)":
+        "unavailable: tls.client_auth.allow cannot be enforced (refused at start)",
+    }
