@@ -497,6 +497,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.version = pipe.version()
         self.cipher = pipe.cipher()
         stats.handshakes[(self.version, self.cipher)] += 1
+        if pipe.resumed():
+            stats.resumptions[self.version] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
         if relay.client_auth:
             # Verified by OpenSSL against the CA and by the allow-list, or absent (optional).

@@ -338,7 +338,9 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
         loaded.append(entry.loaded)
     try:
         trust = client_trust(config.tls.client_auth, snapshot.client_ca)
-        CertificateSet(loaded, config.tls.selection, config.server_name, snapshot.digest, trust)
+        CertificateSet(
+            loaded, config.tls.selection, config.server_name, snapshot.digest, client_trust=trust
+        )
     except (CertificateError, ComplianceError) as exc:
         return exc
     return None
