@@ -260,15 +260,21 @@ def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
             tmpdir.cleanup()
 
 
-def _session_context(members: Sequence[LoadedCertificate]) -> bytes:
-    """A session id context naming exactly these certificates (and so their names).
+def _session_context(
+    members: Sequence[LoadedCertificate], client_trust: ClientTrust | None = None
+) -> bytes:
+    """A session id context naming exactly these certificates (and so their names), and the
+    client-certificate settings sessions were authenticated under.
 
-    OpenSSL resumes a TLS 1.2 session only where the context it was made under matches, so a
-    session made with one certificate is never resumed on a context serving another.
+    OpenSSL resumes a session (ID, ticket or TLS 1.3 PSK) only where the context it was made
+    under matches, so a session made with one certificate is never resumed on a context serving
+    another, nor one whose client was admitted under another CA bundle or allow-list.
     """
     digest = hashlib.sha256(b"fopproxy session context v1")
     for cert in members:
         digest.update(cert.leaf.fingerprint(hashes.SHA256()))
+    if client_trust is not None:
+        digest.update(client_trust.session_tag())
     return digest.digest()
 
 
@@ -342,7 +348,7 @@ class CertificateSet:
                     self.selection,
                     chains,
                     self._on_sni if with_sni else None,
-                    session_context=_session_context(members),
+                    session_context=_session_context(members, self.client_trust),
                     resumption=not (with_sni and self._needs_sni),
                     tickets=self.tickets,
                     client_trust=self.client_trust,

@@ -9,6 +9,7 @@ inside the handshake). Every refusal is one of four bounded reasons, the metric'
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -296,6 +297,21 @@ class ClientTrust:
     @property
     def verify_mode(self) -> ssl.VerifyMode:
         return VERIFY_MODES[self.mode]
+
+    def session_tag(self) -> bytes:
+        """What a resumable session must have been made under: mode, CA content, allow-list.
+
+        A resumed session (session ID, ticket, TLS 1.3 PSK) skips the client's certificate and
+        the allow-list; tagging the session id context with this keeps a session from being
+        resumed once the CA bundle dropped its issuer, the allow-list changed, or `optional`
+        became `require` (keys shared through a key file outlive a restart).
+        """
+        allow = self.allow
+        digest = hashlib.sha256(b"fopproxy client trust v1\0" + self.mode.encode() + b"\0")
+        digest.update(hashlib.sha256(self.ca.pem.encode("ascii")).digest())
+        for values in (allow.cn, allow.dns, allow.uri, sorted(v.hex() for v in allow.sha256)):
+            digest.update(b"\0".join(v.encode() for v in sorted(values)) + b"\1")
+        return digest.digest()
 
 
 def ca_to_read(config: ClientAuthConfig) -> Path | None:

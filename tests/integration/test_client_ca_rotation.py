@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 import time
@@ -116,3 +117,45 @@ def test_ca_bundle_rotation_without_failed_handshakes(
     for _phase, ok, failed in figures:
         assert failed == 0
         assert ok >= 20
+
+
+def exchange(port: int, ctx: ssl.SSLContext,
+             session: ssl.SSLSession | None = None) -> tuple[bool, bool, ssl.SSLSession | None]:
+    """(echoed, resumed, the session to resume next time) for one connection."""
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname=SERVER_NAME, session=session) as sock:
+            sock.sendall(b"ping")
+            ok = sock.recv(4) == b"ping"  # TLS 1.3: the ticket arrives with the first read
+            return ok, sock.session_reused, sock.session
+    except (OSError, ssl.SSLError):
+        return False, False, None
+
+
+def test_a_session_from_a_dropped_ca_is_not_resumed(
+    tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend
+) -> None:
+    """Session IDs, tickets and TLS 1.3 PSKs skip the client's certificate: once the bundle drops
+    the CA a client was admitted under, its saved session must not let it back in."""
+    old, new = CA("clients CA 2026"), CA("clients CA 2027")
+    old_client = issue_client(old, tmp_path, "old", cn="payments.google.com")
+    ca_file = tmp_path / "clients.pem"
+    ca_file.write_bytes(old.cert_pem + new.cert_pem)
+    config = proxy_config(echo_backend.address)
+    config["tls"] = {**config["tls"], "profile": "card-fop-tls13", "reload_interval": 0.2,
+                     "client_auth": {"mode": "require", "ca": str(ca_file)}}
+    with ProxyProcess(tmp_path, config) as proxy:
+        sessions = {}
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = client_context(tls_files.cafile, maximum_version=version, minimum_version=version)
+            ctx.load_cert_chain(str(old_client.cert), str(old_client.key))
+            ok, _, session = exchange(proxy.port, ctx)
+            assert ok and session is not None
+            ok, resumed, session = exchange(proxy.port, ctx, session)
+            assert ok and resumed, f"{version.name}: resumption does not work at all here"
+            sessions[version] = (ctx, session)
+        replace_atomically(ca_file, new.cert_pem)
+        assert wait_until(lambda: not one_exchange(proxy.port, tls_files, old_client, ssl.TLSVersion.TLSv1_2))
+        for version, (ctx, session) in sessions.items():
+            ok, resumed, _ = exchange(proxy.port, ctx, session)
+            assert (ok, resumed) == (False, False), version.name
