@@ -325,7 +325,7 @@ def test_context_self_check_fails_closed_on_a_lost_verify_mode(pki: Pki) -> None
     ctx = server_context(pki, "card-fop", ClientAuthConfig("require", pki.ca_file))
     ctx.verify_mode = ssl.CERT_OPTIONAL
     with pytest.raises(ComplianceError, match="client certificate mode is CERT_OPTIONAL, not CERT_REQUIRED"):
-        verify_context(ctx, select_suites(PROFILES["card-fop"], ()), trust)
+        verify_context(ctx, select_suites(PROFILES["card-fop"], ()), client_trust=trust)
 
 
 
