@@ -47,6 +47,7 @@ def new_store(
         stats,
         grace=config.tls.reload_grace,
         tickets=tickets,
+        client_auth=config.tls.client_auth,
     )
 
 

@@ -16,8 +16,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from fopproxy.clientauth import ClientAuthConfig, parse_client_auth
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
+from fopproxy.proxyproto import PROXY_PROTOCOLS, ProxyProtocol
 from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
@@ -60,6 +62,7 @@ class TLSConfig:
     # How long a half-written rotation (key not matching, file cut short or missing) may last
     # before the reload counts as failed; see reload.py.
     reload_grace: float = 10.0
+    client_auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
     session_tickets: SessionTickets = SessionTickets()
 
     @property
@@ -146,6 +149,8 @@ class Config:
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # PROXY protocol header sent to the backend before the first byte (proxyproto.py).
+    proxy_protocol: ProxyProtocol = "off"
     source: Path | None = None
     outbound: tuple[OutboundConfig, ...] = ()
 
@@ -332,6 +337,15 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _proxy_protocol(value: object) -> ProxyProtocol:
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    for name in PROXY_PROTOCOLS:
+        if value == name:
+            return name
+    raise ValueError(f"must be off, v1 or v2, got {value!r}")
+
+
 def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Config:
     """Turn a parsed YAML document into a Config, or raise ConfigError listing every problem."""
     p = _Problems()
@@ -340,7 +354,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         "",
         (
             "listen", "backend", "server_name", "tls", "timeouts", "max_connections",
-            "workers", "backlog", "logging", "metrics", "outbound",
+            "workers", "backlog", "logging", "metrics", "outbound", "proxy_protocol",
         ),
     )
     if raw is None:
@@ -395,6 +409,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
             "is empty and there is no inbound listener: nothing to serve "
             "(give outbound entries, or listen, backend, server_name and tls)",
         )
+    proxy_protocol: ProxyProtocol = (
+        p.typed(top, "proxy_protocol", "", _proxy_protocol, "off") or "off"
+    )
 
     if p.lines:
         raise ConfigError(p.lines)
@@ -416,6 +433,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         backlog=backlog or 1024,
         logging=logging_config,
         metrics=metrics,
+        proxy_protocol=proxy_protocol,
         source=source,
         outbound=outbound,
     )
@@ -450,7 +468,7 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
         "tls",
         (
             "profile", "ciphers", "certificates", "reload_interval", "reload_grace",
-            "session_tickets",
+            "session_tickets", "client_auth",
         ),
     )
     if not isinstance(raw, Mapping):
@@ -489,10 +507,18 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
             if cert and key:
                 certificates.append(CertificateSource(cert, key, passphrase))
     tickets = _parse_session_tickets(p, tls.get("session_tickets"), base_dir)
-    if selection is None or p.lines:
+    client_auth = parse_client_auth(tls.get("client_auth"), _path(base_dir), p.add)
+    if selection is None or client_auth is None or p.lines:
         return None
     assert reload_grace is not None  # a bad value added a problem above
-    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace, tickets)
+    return TLSConfig(
+        selection,
+        tuple(certificates),
+        reload_interval,
+        reload_grace,
+        session_tickets=tickets,
+        client_auth=client_auth,
+    )
 
 
 def _rotation_seconds(value: object) -> float:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from fopproxy.certs import CertificateSet, Snapshot, build_certificate_set, read_snapshot
+from fopproxy.clientauth import ClientAuthConfig, ca_to_read
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -229,20 +230,25 @@ class CertificateStore(ContentStore[Snapshot, CertificateSet]):
         grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
         tickets: KeyRing | None = None,
+        client_auth: ClientAuthConfig | None = None,
     ) -> None:
         self.sources = tuple(sources)
         self.tickets = tickets
         self._ticket_failure: str | None = None
+        # The client CA file is read, validated and swapped with the certificates: one snapshot.
+        self.client_auth = client_auth
+        self._client_ca = None if client_auth is None else ca_to_read(client_auth)
         self.server_name = server_name
         self.selection = selection
         super().__init__(stats, grace=grace, clock=clock)
 
     def read(self) -> Snapshot:
-        return read_snapshot(self.sources)
+        return read_snapshot(self.sources, self._client_ca)
 
     def build(self, content: Snapshot) -> CertificateSet:
         return build_certificate_set(
-            content, self.server_name, self.selection, tickets=self.tickets
+            content, self.server_name, self.selection, tickets=self.tickets,
+            client_auth=self.client_auth,
         )
 
     def published(self, new: CertificateSet) -> None:

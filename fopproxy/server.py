@@ -149,6 +149,7 @@ class Worker:
                 config.max_connections, nofile, capacity,
             )
         assert self.store is not None
+        assert config.tls is not None  # a store exists only for an inbound listener
         self.relay = Relay(
             loop,
             self.store.get,
@@ -157,6 +158,8 @@ class Worker:
             capacity,
             self.stats,
             config.logging.connections,
+            proxy_protocol=config.proxy_protocol,
+            client_auth=config.tls.client_auth.enabled,
         )
         sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
         self.server = await loop.create_server(

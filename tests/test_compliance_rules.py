@@ -122,6 +122,7 @@ CARD_RULES = {
     "outbound.connect": "2",
     "outbound.trust": "3",
     "outbound.client_policy": "1",
+    "client_auth": "fop",
 }
 
 

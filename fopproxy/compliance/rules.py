@@ -67,6 +67,7 @@ RULES: dict[str, Rule | CertificateRule] = {
     "outbound.client_policy": Rule(
         "1", "outbound: TLS >= 1.2, only the listed suites, chain and hostname always verified"
     ),
+    "client_auth": Rule("fop", "client certificates (mutual TLS) as configured"),
 }
 
 

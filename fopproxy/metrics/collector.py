@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fopproxy import __version__
+from fopproxy.clientauth import FAILURE_REASONS
 from fopproxy.metrics.snapshot import HistogramData, MetricsSnapshot
 from fopproxy.outbound.collector import outbound_families
 from fopproxy.stats import (
@@ -96,6 +97,11 @@ class FopproxyCollector(Collector):
         yield _counter_by(
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
             "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
+        )
+        yield _counter_by(
+            "fopproxy_tls_client_auth_failures",
+            "Client certificates refused (tls.client_auth), by reason",
+            "reason", snap.client_auth_failures, FAILURE_REASONS,
         )
         resumed = CounterMetricFamily(
             "fopproxy_tls_resumptions",

@@ -68,6 +68,7 @@ class MetricsSnapshot:
 
     handshakes: dict[tuple[str, str], int] = field(default_factory=dict)
     handshake_errors: dict[str, int] = field(default_factory=dict)
+    client_auth_failures: dict[str, int] = field(default_factory=dict)
     handshake_duration: HistogramData = field(
         default_factory=lambda: HistogramData.empty(HANDSHAKE_BUCKETS)
     )
@@ -95,6 +96,9 @@ class MetricsSnapshot:
             self,
             handshakes=_add_counts(self.handshakes, other.handshakes),
             handshake_errors=_add_counts(self.handshake_errors, other.handshake_errors),
+            client_auth_failures=_add_counts(
+                self.client_auth_failures, other.client_auth_failures
+            ),
             handshake_duration=self.handshake_duration + other.handshake_duration,
             connections_rejected=_add_counts(self.connections_rejected, other.connections_rejected),
             bytes_to_backend=self.bytes_to_backend + other.bytes_to_backend,
@@ -133,6 +137,7 @@ class MetricsSnapshot:
             {
                 "handshakes": [[v, c, n] for (v, c), n in self.handshakes.items()],
                 "handshake_errors": self.handshake_errors,
+                "client_auth_failures": self.client_auth_failures,
                 "handshake_duration": [list(self.handshake_duration.counts),
                                        self.handshake_duration.sum],
                 "connections_active": self.connections_active,
@@ -165,6 +170,7 @@ class MetricsSnapshot:
             return cls(
                 handshakes={(str(v), str(c)): int(n) for v, c, n in raw["handshakes"]},
                 handshake_errors=_int_map(raw["handshake_errors"]),
+                client_auth_failures=_int_map(raw["client_auth_failures"]),
                 handshake_duration=_histogram(raw["handshake_duration"], HANDSHAKE_BUCKETS),
                 connections_active=int(raw["connections_active"]),
                 connections_rejected=_int_map(raw["connections_rejected"]),
@@ -232,6 +238,7 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
     return MetricsSnapshot(
         handshakes=dict(stats.handshakes),
         handshake_errors=dict(stats.handshake_errors),
+        client_auth_failures=dict(stats.client_auth_failures),
         handshake_duration=HistogramData.of(stats.handshake_duration),
         connections_active=stats.connections_active,
         connections_rejected=dict(stats.connections_rejected),
