@@ -149,11 +149,6 @@ def _printable_sni(name: str | None) -> str:
     return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
 
 
-def _room(transport: asyncio.Transport) -> int:
-    """How many ROOM_STEPs the next read for `transport` may be (1 to the whole buffer)."""
-    return max(1, (WRITE_HIGH - transport.get_write_buffer_size()) // ROOM_STEP)
-
-
 def _kernel_queue(sock: Any) -> tuple[int, int]:
     """(SO_SNDBUF, bytes queued and not yet acknowledged) of a socket; (0, 0) if unknown."""
     try:
@@ -201,6 +196,8 @@ class Relay:
         # Views of the read buffer in whole ROOM_STEPs: sizing a read allocates nothing.
         self.sized_buffers = [self.buffer[: max(1, i) * ROOM_STEP]
                               for i in range(READ_BUFFER_SIZE // ROOM_STEP + 1)]
+        # What a read may fill while the other side's write buffer is empty (the usual case).
+        self.room_buffer = self.sized_buffers[WRITE_HIGH // ROOM_STEP]
         # One timer per listener instead of one per connection phase: creating and cancelling a
         # loop timer (a libuv handle) per phase cost more than scanning the open connections.
         self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
@@ -268,18 +265,16 @@ class Relay:
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
-    __slots__ = ("buffer_updated", "conn")
+    __slots__ = ("buffer_updated", "conn", "get_buffer")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         # Every backend read goes straight to the connection: one Python frame less per read.
         self.buffer_updated = conn.from_backend  # type: ignore[method-assign]
+        self.get_buffer = conn.backend_read_buffer  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.backend_made(transport)  # type: ignore[arg-type]
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.backend_read_buffer()
 
     def eof_received(self) -> bool:
         return self.conn.backend_eof()
@@ -312,6 +307,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_preamble",
         "_reason",
         "_started",
+        "_streaming",
         "_transport",
         "backend",
         "backend_done",
@@ -340,6 +336,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.to_client = 0
         self._client_sock: Any = None
         self._kernel_peak = 0
+        # The last backend read filled a whole room: the backend streams (a download), so the
+        # next read may also use the client's free kernel send space.
+        self._streaming = False
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -379,24 +378,31 @@ class ClientConnection(asyncio.BufferedProtocol):
         backend = self.backend
         if backend is None:
             return relay.small_buffer
-        return relay.sized_buffers[_room(backend)]
+        queued = backend.get_write_buffer_size()
+        if not queued:  # the usual case, inlined: the whole room
+            return relay.room_buffer
+        return relay.sized_buffers[max(1, (WRITE_HIGH - queued) // ROOM_STEP)]
 
-    def backend_read_buffer(self) -> memoryview:
+    def backend_read_buffer(self, sizehint: int = -1) -> memoryview:
         """A backend read may fill what the client's write buffer can take (see ROOM_STEP)."""
         transport = self._transport
         relay = self.relay
         if transport is None:
             return relay.small_buffer
-        if self.to_client >= BULK_AFTER and not transport.get_write_buffer_size():
-            # The kernel's free send space, counted only as far as it has been seen to hold:
-            # half of SO_SNDBUF (the kernel counts its bookkeeping in it), or the most it has
-            # held queued at once, less what it holds now.
-            sndbuf, queued = _kernel_queue(self._client_sock)
-            self._kernel_peak = max(self._kernel_peak, queued)
-            free = max(sndbuf >> 1, self._kernel_peak) - queued
-            room = (WRITE_HIGH + max(0, free)) // ROOM_STEP
-            return relay.sized_buffers[min(room, len(relay.sized_buffers) - 1)]
-        return relay.sized_buffers[_room(transport)]
+        queued = transport.get_write_buffer_size()
+        if queued:
+            return relay.sized_buffers[max(1, (WRITE_HIGH - queued) // ROOM_STEP)]
+        if not self._streaming or self.to_client < BULK_AFTER:
+            # Answers, not a stream (the keep-alive case): the whole room, no system call.
+            return relay.room_buffer
+        # The kernel's free send space, counted only as far as it has been seen to hold: half
+        # of SO_SNDBUF (the kernel counts its bookkeeping in it), or the most it has held
+        # queued at once, less what it holds now.
+        sndbuf, queued = _kernel_queue(self._client_sock)
+        self._kernel_peak = max(self._kernel_peak, queued)
+        free = max(sndbuf >> 1, self._kernel_peak) - queued
+        room = (WRITE_HIGH + max(0, free)) // ROOM_STEP
+        return relay.sized_buffers[min(room, len(relay.sized_buffers) - 1)]
 
     def buffer_updated(self, nbytes: int) -> None:
         pipe = self.pipe
@@ -602,6 +608,7 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def from_backend(self, nbytes: int) -> None:
         self.to_client += nbytes
+        self._streaming = nbytes >= WRITE_HIGH
         view = self.relay.buffer[:nbytes]
         pipe = self.pipe
         transport = self._transport
