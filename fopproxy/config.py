@@ -21,6 +21,7 @@ from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
 
 LogFormat = Literal["text", "json"]
+Mode = Literal["tcp", "http"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -76,6 +77,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """`mode: http` settings: what the request-aware pump (fopproxy/http/) may accept and add."""
+
+    max_header_bytes: int = 16384
+    forwarded: bool = True
+    client_cert_header: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     listen: TcpAddress
     backend: TcpAddress | UnixAddress
@@ -87,6 +97,8 @@ class Config:
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    mode: Mode = "tcp"
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: Path | None = None
 
 
@@ -273,7 +285,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         "",
         (
             "listen", "backend", "server_name", "tls", "timeouts", "max_connections",
-            "workers", "backlog", "logging", "metrics",
+            "workers", "backlog", "logging", "metrics", "mode", "http",
         ),
     )
     if raw is None:
@@ -308,6 +320,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     if listen and metrics.listen and listen == metrics.listen:
         p.add("metrics.listen", f"is the same address as listen ({listen})")
 
+    mode: Mode = p.typed(top, "mode", "", _mode, "tcp") or "tcp"
+    http = _parse_http(p, top.get("http"))
+
     if p.lines:
         raise ConfigError(p.lines)
     # Every getter that returned None added a problem, so none of these is None here.
@@ -326,7 +341,46 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         backlog=backlog or 1024,
         logging=logging_config,
         metrics=metrics,
+        mode=mode,
+        http=http,
         source=source,
+    )
+
+
+def _mode(value: object) -> Mode:
+    if value == "tcp":
+        return "tcp"
+    if value == "http":
+        return "http"
+    raise ValueError(f"must be 'tcp' or 'http', got {value!r}")
+
+
+# A request head below 1 KiB cannot carry the headers a payment call needs; above 1 MiB it is an
+# attack on memory (every connection may buffer this much before its request is parsed).
+MIN_HEADER_BYTES = 1024
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def _header_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a number of bytes, got {_kind(value)}")
+    if not MIN_HEADER_BYTES <= value <= MAX_HEADER_BYTES:
+        raise ValueError(
+            f"must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} bytes, got {value}"
+        )
+    return value
+
+
+def _parse_http(p: _Problems, raw: object) -> HttpConfig:
+    h = p.mapping(raw, "http", ("max_header_bytes", "forwarded", "client_cert_header"))
+    defaults = HttpConfig()
+    return HttpConfig(
+        max_header_bytes=p.typed(h, "max_header_bytes", "http", _header_bytes)
+        or defaults.max_header_bytes,
+        forwarded=bool(p.typed(h, "forwarded", "http", _boolean, defaults.forwarded)),
+        client_cert_header=bool(
+            p.typed(h, "client_cert_header", "http", _boolean, defaults.client_cert_header)
+        ),
     )
 
 

@@ -47,6 +47,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fopproxy import __version__
+from fopproxy.http.stats import HttpSnapshot, http_families
 from fopproxy.stats import (
     BACKEND_ERROR_REASONS,
     CONNECT_BUCKETS,
@@ -140,6 +141,7 @@ class Snapshot:
     last_reload_success: float = 0.0
     certificates: tuple[CertificateInfo, ...] = ()
     ready: bool = False
+    http: HttpSnapshot = field(default_factory=HttpSnapshot)
 
     def add_counters(self, other: Snapshot) -> Snapshot:
         """Self plus the monotonic parts of `other` (what a dead worker leaves behind)."""
@@ -157,6 +159,7 @@ class Snapshot:
             backend_connect_duration=self.backend_connect_duration + other.backend_connect_duration,
             reloads=_add_counts(self.reloads, other.reloads),
             last_reload_success=max(self.last_reload_success, other.last_reload_success),
+            http=self.http + other.http,
         )
 
     def __add__(self, other: Snapshot) -> Snapshot:
@@ -191,6 +194,7 @@ class Snapshot:
                     for c in self.certificates
                 ],
                 "ready": self.ready,
+                "http": self.http.to_jsonable(),
             },
             separators=(",", ":"),
         ).encode()
@@ -219,6 +223,7 @@ class Snapshot:
                     for n, s, k, b, a in raw["certificates"]
                 ),
                 ready=bool(raw["ready"]),
+                http=HttpSnapshot.from_jsonable(raw["http"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a worker snapshot: {exc}") from None
@@ -278,6 +283,7 @@ def take_snapshot(worker: Worker, started: float) -> Snapshot:
         last_reload_success=stats.last_reload_success or started,
         certificates=certificate_infos(worker.store.current),
         ready=worker.ready,
+        http=stats.http.snapshot(),
     )
 
 
@@ -328,6 +334,7 @@ class FopproxyCollector(Collector):
         yield from self._connections(snap)
         yield from self._backend(snap)
         yield from self._certificates(snap)
+        yield from http_families(snap.http)
         info = GaugeMetricFamily(
             "fopproxy_build_info", "fopproxy build: version, Python and OpenSSL (value 1)",
             labels=list(BUILD_LABELS),

@@ -120,15 +120,23 @@ class Worker:
                 "%d connections at once (each needs 2 descriptors); raise the limit to serve more",
                 config.max_connections, nofile, capacity,
             )
-        self.relay = Relay(
-            loop,
-            self.store.get,
-            config.backend,
-            config.timeouts,
-            capacity,
-            self.stats,
-            config.logging.connections,
-        )
+        if config.mode == "http":
+            from fopproxy.http.connection import HttpRelay
+
+            self.relay = HttpRelay(
+                loop, self.store.get, config.backend, config.timeouts, capacity, self.stats,
+                config.logging.connections, config.http, self.stats.http,
+            )
+        else:
+            self.relay = Relay(
+                loop,
+                self.store.get,
+                config.backend,
+                config.timeouts,
+                capacity,
+                self.stats,
+                config.logging.connections,
+            )
         sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
         self.server = await loop.create_server(
             self.relay.protocol_factory, sock=sock, backlog=config.backlog
