@@ -19,6 +19,7 @@ from fopproxy.http.pump import HttpPump, PumpSettings
 from fopproxy.http.stats import HttpStats
 from fopproxy.relay import (
     BULK_AFTER,
+    CLOSED,
     OPEN,
     TLS_SLICE,
     ClientConnection,
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.conn")
+
+# Seconds a client may take to read its last answer and close, once the proxy has ended the
+# connection (close_notify and FIN sent); closing with its unread bytes pending would reset it.
+LINGER = 2.0
 
 
 def _client_text(peer: Any) -> tuple[str, str]:
@@ -166,9 +171,17 @@ class HttpClientConnection(ClientConnection):
     def finish(self, *, clean: bool, reason: str) -> None:
         self._reason = reason
         if clean:
-            self.backend_eof()  # close_notify, FIN, and close once the client closes too
+            self.backend_eof()  # close_notify and FIN; closed at once if the client is done
+            if self.state != CLOSED:
+                # Unlike a tcp stream, nothing more is owed to a client once its answer is
+                # out: give it LINGER seconds to read the answer and close, then close.
+                self.relay.loop.call_later(LINGER, self._linger_over)
         else:
             self._close_both(abort_backend=True)
+
+    def _linger_over(self) -> None:
+        if self.state != CLOSED:
+            self._close_both()
 
     def _idle_timeout(self) -> None:
         pump = self.backend

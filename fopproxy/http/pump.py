@@ -241,7 +241,7 @@ class HttpPump(asyncio.Transport):
                     self.settings.stats.errors[error.reason] += 1
                     self._end(clean=False, reason=error.reason)
                     return
-            error.method = partial.method
+            error.method, error.started = partial.method, partial.started
         self.pending_error = error
 
     def _advance(self) -> None:
@@ -269,7 +269,7 @@ class HttpPump(asyncio.Transport):
                 out.clear()
         elif self.pending_error is not None:
             error, self.pending_error = self.pending_error, None
-            self._answer(error.status, error.reason, error.method, None)
+            self._answer(error.status, error.reason, error.method, None, error.started)
             return
         elif self.input_closed and not self.reader.mid_request:
             self._end(clean=True, reason="done")
@@ -403,7 +403,10 @@ class HttpPump(asyncio.Transport):
 
     # ---- answers, accounting, closing ----------------------------------------------------------
 
-    def _answer(self, status: int, reason: str, method: str, request: Request | None) -> None:
+    def _answer(
+        self, status: int, reason: str, method: str, request: Request | None,
+        started: float | None = None,
+    ) -> None:
         """Send a proxy answer (the connection ends after it)."""
         data = answer(status, head_only=method == "HEAD")
         stats = self.settings.stats
@@ -411,11 +414,13 @@ class HttpPump(asyncio.Transport):
         self.client.send(data)
         self.answered += len(data)
         if request is None:
+            duration = perf_counter() - started if started is not None else 0.0
             stats.requests[(method, status)] += 1
+            stats.duration.observe(duration)
             if self.settings.log_requests:
                 request_done(
-                    method, "-", status, 0, len(data), 0.0, self.client_text, self.cert_subject,
-                    reason,
+                    method, "-", status, 0, len(data), duration, self.client_text,
+                    self.cert_subject, reason,
                 )
         else:
             self._account(request, status, reason, 0)

@@ -52,11 +52,15 @@ HEAD_SLACK = 64 * 1024
 class RequestError(Exception):
     """A request we refuse: answered with `status`, counted by `reason`, connection closed."""
 
-    def __init__(self, status: int, reason: str, method: str = "OTHER") -> None:
+    def __init__(
+        self, status: int, reason: str, method: str = "OTHER", started: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.method = method
+        # When its first byte came (for the duration histogram); now if it never began.
+        self.started = perf_counter() if started is None else started
 
 
 class Request:
@@ -144,26 +148,26 @@ class RequestReader:
             error = self._error
             assert error is not None  # only our callbacks raise, and they set it first
             raise error from None
-        except httptools.HttpParserInvalidMethodError:
-            raise RequestError(400, "bad_request") from None
         except httptools.HttpParserUpgrade:  # refused in on_headers_complete; kept for safety
-            raise RequestError(501, "upgrade_refused", self._method()) from None
-        except httptools.HttpParserError:
-            raise RequestError(400, "bad_request", self._method()) from None
+            raise self._error_now(501, "upgrade_refused") from None
+        except httptools.HttpParserError:  # the invalid-method error included
+            raise self._error_now(400, "bad_request") from None
         if self._in_head:
             # An unfinished head: httptools holds its last header until the header ends.
             self._unfinished = len(data) if heads != self._heads_done else self._unfinished + len(
                 data
             )
             if self._unfinished > self.max_header_bytes + HEAD_SLACK:
-                raise RequestError(431, "header_too_large", self._method())
+                raise self._error_now(431, "header_too_large")
 
-    def _method(self) -> str:
+    def _error_now(self, status: int, reason: str) -> RequestError:
         current = self._current
-        return current.method if current is not None else "OTHER"
+        if current is None:
+            return RequestError(status, reason)
+        return RequestError(status, reason, current.method, current.started)
 
     def _fail(self, status: int, reason: str) -> None:
-        self._error = RequestError(status, reason, self._method())
+        self._error = self._error_now(status, reason)
         raise self._error
 
     def _grow_head(self, size: int) -> None:

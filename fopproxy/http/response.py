@@ -38,6 +38,9 @@ class ResponseTracker:
 
     def reset(self, *, head_only: bool) -> None:
         """Expect the response to the next request (`head_only` for HEAD)."""
+        if self._head_only:
+            # The parser that read a HEAD answer's head still waits for its body: replace it.
+            self._parser = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._head = b""
         self.status = 0
