@@ -340,3 +340,17 @@ def test_unix_socket_backend_is_not_required_for_http_but_works(tmp_path: Path, 
             assert conn.getresponse().read() == b"ok"
         assert b"X-Forwarded-For: 127.0.0.1\r\n" in head
         conn.close()
+
+
+def test_counts_add_up_across_workers(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, backend: RecordingServer) -> None:
+    """workers: 2: the supervisor's scrape sums both workers' request counts."""
+    config = http_config(proxy_config, backend.address, workers=2)
+    with ProxyProcess(tmp_path, config) as proxy:
+        for _ in range(10):  # a connection each: the kernel spreads them over the workers
+            conn = connection(proxy, tls_files)
+            conn.request("GET", "/seq/1")
+            assert conn.getresponse().read() == b"1"
+            conn.close()
+        samples = scrape(proxy)
+        assert samples[("fopproxy_http_requests_total", frozenset({("method", "GET"), ("code", "200")}))] == 10
+        assert samples[("fopproxy_http_request_duration_seconds_count", frozenset())] == 10
