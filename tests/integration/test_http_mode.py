@@ -354,3 +354,16 @@ def test_counts_add_up_across_workers(tmp_path: Path, proxy_config: ConfigFactor
         samples = scrape(proxy)
         assert samples[("fopproxy_http_requests_total", frozenset({("method", "GET"), ("code", "200")}))] == 10
         assert samples[("fopproxy_http_request_duration_seconds_count", frozenset())] == 10
+
+
+def test_json_access_lines_parse_with_every_field(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, backend: RecordingServer) -> None:
+    config = http_config(proxy_config, backend.address, logging={"level": "info", "format": "json"})
+    with ProxyProcess(tmp_path, config) as proxy:
+        assert curl(proxy, tls_files, "/seq/9?secret=1").stdout.endswith("\n200")
+        log = proxy.wait_for_log('"path":"/seq/9"')
+    (line,) = [json.loads(x) for x in log.splitlines() if '"msg":"request"' in x]
+    assert {k: line[k] for k in ("method", "path", "status", "bytes_in", "client", "cert", "reason")} == {
+        "method": "GET", "path": "/seq/9", "status": 200, "bytes_in": 0,
+        "client": line["client"], "cert": "-", "reason": "-",
+    }
+    assert line["client"].startswith("127.0.0.1:") and line["bytes_out"] > 0 and 0 < line["duration"] < 5
