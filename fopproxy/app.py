@@ -1,8 +1,7 @@
-"""Process wiring: the event loop, the certificate store, the worker, and `workers: N`.
+"""One worker's event loop: the certificate store, the TLS listener and what runs next to it.
 
-`run(config)` is what `fopproxy -c FILE` does. With one worker everything runs in this process;
-with more, a supervisor forks them (each binds the port with SO_REUSEPORT, so the kernel spreads
-connections), forwards signals, and replaces a worker that dies.
+`serve_worker` is the whole life of one proxy process (or of one of N forked workers). How
+processes are put together (one worker, N workers, N workers + metrics) is `fopproxy.process`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from fopproxy import signals
 from fopproxy.config import Config
 from fopproxy.reload import CertificateStore
 from fopproxy.server import Worker
@@ -45,12 +45,19 @@ async def serve_worker(
     ready: Callable[[], None] | None = None,
     hooks: tuple[WorkerHook, ...] = (),
 ) -> int:
-    """Run one worker on the current (uvloop) loop until a signal drains it."""
+    """Run one worker on the current (uvloop) loop until a signal drains it.
+
+    The process signals are blocked from process start (`fopproxy.signals`); they are lifted
+    here once the loop handles them, so a SIGHUP or SIGTERM sent before that is handled now: a
+    SIGTERM that came early drains a worker that has just started, with exit 0.
+    """
     loop = asyncio.get_running_loop()
     stats = Stats()
     store = new_store(config, stats)
     worker = Worker(config, store, stats, reuse_port=reuse_port)
+    previous = signals.block()  # a caller other than the CLI (a test) gets the same guarantee
     worker.install_signal_handlers(loop)
+    signals.unblock()
     try:
         async with contextlib.AsyncExitStack() as running:
             await worker.start()
@@ -68,19 +75,11 @@ async def serve_worker(
                 ready()
             return await worker.serve()
     finally:
+        # Blocked again before the handlers go: a late signal must not kill a process that
+        # has drained and is returning its exit code.
+        signals.block()
         worker.remove_signal_handlers(loop)
-
-
-def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
-    """What each worker starts next to its listener (the metrics listener, where configured).
-
-    With `workers: N` the supervisor serves metrics (see `run`), so workers get none here.
-    """
-    if config.metrics.listen is None or config.workers > 1:
-        return ()
-    from fopproxy.metrics import serve_metrics
-
-    return (serve_metrics,)
+        signals.restore(previous)
 
 
 def run_worker(
@@ -88,22 +87,7 @@ def run_worker(
     *,
     reuse_port: bool = False,
     ready: Callable[[], None] | None = None,
-    hooks: tuple[WorkerHook, ...] | None = None,
+    hooks: tuple[WorkerHook, ...] = (),
 ) -> int:
-    if hooks is None:
-        hooks = worker_hooks(config)
+    """`serve_worker` on a fresh uvloop loop: the body of a worker process."""
     return uvloop.run(serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=hooks))
-
-
-def run(config: Config) -> int:
-    # Validate certificates before forking anything, so a bad file is one clear error.
-    new_store(config, Stats())
-    if config.workers == 1:
-        return run_worker(config)
-    if config.metrics.listen is not None:
-        from fopproxy.metrics import run_supervised
-
-        return run_supervised(config)
-    from fopproxy.workers import Supervisor
-
-    return Supervisor(config).run()

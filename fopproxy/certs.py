@@ -16,25 +16,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
+from fopproxy.certrules import Evidence, PrivateKey, covers, refusal
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
     CertificateReadError,
-    KeyMismatchError,
 )
 from fopproxy.policy import KeyType, SuiteSelection
 from fopproxy.tls import build_context
-
-MIN_RSA_BITS = 2048
-ALLOWED_CURVES = {"secp256r1": 256, "secp384r1": 384}
 
 
 @dataclass(frozen=True)
@@ -44,108 +38,6 @@ class CertificateSource:
     cert: Path
     key: Path
     passphrase_file: Path | None = None
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """What a public key is, in the terms the rules use."""
-
-    key_type: KeyType | None
-    bits: int
-    description: str
-
-
-def describe_key(key: object) -> KeyInfo:
-    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        return KeyInfo("rsa", key.key_size, f"RSA {key.key_size}")
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        name = key.curve.name
-        bits = key.curve.key_size
-        if name in ALLOWED_CURVES:
-            return KeyInfo("ecdsa", bits, f"ECDSA {name}")
-        return KeyInfo(None, bits, f"ECDSA {name} (curve not allowed: use P-256 or P-384)")
-    return KeyInfo(None, 0, f"{type(key).__name__} (no Card FOP suite can use it)")
-
-
-def certificate_names(cert: x509.Certificate) -> tuple[str, ...]:
-    """DNS names a client checks: the SAN dNSNames, or the CN only where there is no SAN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        return tuple(n.lower().rstrip(".") for n in san.value.get_values_for_type(x509.DNSName))
-    common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return tuple(str(a.value).lower().rstrip(".") for a in common_names)
-
-
-def hostname_matches(pattern: str, host: str) -> bool:
-    """RFC 6125 §6.4: exact match, or a `*` that is the whole left-most label and matches one label.
-
-    `*.pay.example.com` covers `api.pay.example.com`, not `pay.example.com` nor
-    `a.b.pay.example.com`. Partial-label wildcards (`f*.example.com`) and wildcards over a bare
-    public suffix (`*.com`) are refused, as browsers and CA/B rules do.
-    """
-    pattern = pattern.lower().rstrip(".")
-    host = host.lower().rstrip(".")
-    if not pattern or not host:
-        return False
-    if "*" not in pattern:
-        return pattern == host
-    first, _, rest = pattern.partition(".")
-    if first != "*" or "*" in rest or "." not in rest:
-        return False
-    label, _, host_rest = host.partition(".")
-    return bool(label) and host_rest == rest
-
-
-def covers(names: Sequence[str], host: str) -> bool:
-    return any(hostname_matches(name, host) for name in names)
-
-
-def chain_order_problem(chain: Sequence[x509.Certificate]) -> str | None:
-    """Why the chain is not leaf-first with each certificate signed by the next, or None."""
-    for index in range(len(chain) - 1):
-        child, parent = chain[index], chain[index + 1]
-        try:
-            child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            return (
-                f"certificate #{index} ({child.subject.rfc4514_string()}) is not signed by the "
-                f"next one in the file ({parent.subject.rfc4514_string()}); "
-                "put the leaf first, then each issuer in order"
-            )
-    return None
-
-
-WEAK_SIGNATURE_HASHES = frozenset({"md5", "sha1"})
-
-
-def signature_hash_name(cert: x509.Certificate) -> str:
-    """The hash the issuer signed `cert` with ("sha256"), "unknown", or "none" for EdDSA."""
-    try:
-        algorithm = cert.signature_hash_algorithm
-    except UnsupportedAlgorithm:
-        return "unknown"
-    return algorithm.name if algorithm is not None else "none"
-
-
-def weak_signature_problem(chain: Sequence[x509.Certificate]) -> str | None:
-    """Why a signature a client checks uses SHA-1 or MD5, or None.
-
-    A root's signature on itself is never checked, so certificates whose issuer is their own
-    subject are left out. Checked before the chain order: cryptography cannot verify a SHA-1
-    signature at all, which would otherwise read as "not signed by the next certificate".
-    """
-    weak = [
-        f"certificate #{index} ({cert.subject.rfc4514_string()}) is signed with "
-        f"{signature_hash_name(cert).upper()}"
-        for index, cert in enumerate(chain)
-        if cert.issuer != cert.subject and signature_hash_name(cert) in WEAK_SIGNATURE_HASHES
-    ]
-    if not weak:
-        return None
-    return "; ".join(weak) + "; re-issue it signed with SHA-256"
 
 
 PEM_BEGIN_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -195,19 +87,6 @@ def parse_private_key(data: bytes, password: bytes | None) -> object:
             f"private key cannot be read ({len(data)} bytes; cut short, not PEM, "
             "or a wrong passphrase?)"
         ) from None
-
-
-def public_key_der(key: Any) -> bytes:
-    """SubjectPublicKeyInfo DER of a private or public key (any type cryptography loads)."""
-    public = key.public_key() if hasattr(key, "public_key") else key
-    der: bytes = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
-def fingerprint_sha256(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 @dataclass(frozen=True)
@@ -275,6 +154,61 @@ def validate_certificate(
         raise CertificateError(f"{source.cert}: cannot be parsed ({exc})") from None
 
 
+def certificate_evidence(
+    source: CertificateSource,
+    cert_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+    server_name: str,
+    selection: SuiteSelection,
+    now: datetime | None = None,
+    *,
+    search_roots: bool = True,
+) -> Evidence:
+    """What the certificate rules judge for one configured entry.
+
+    An unreadable chain raises CertificateParseError (there is nothing to judge); an unreadable
+    key does not: it is the key-match rule's finding, so `check` can go on judging the chain.
+    """
+    chain = parse_chain(cert_pem)
+    try:
+        key = PrivateKey(str(source.key), parse_private_key(key_pem, password))
+    except CertificateError as exc:
+        key = PrivateKey(str(source.key), None, exc)
+    return Evidence(
+        chain=chain,
+        server_name=server_name,
+        now=now or datetime.now(UTC),
+        cert_file=str(source.cert),
+        key=key,
+        selection=selection,
+        search_roots=search_roots,
+    )
+
+
+def loaded_certificate(
+    source: CertificateSource,
+    evidence: Evidence,
+    cert_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+) -> LoadedCertificate:
+    """The certificate ready to serve, from evidence that passed every "error" rule."""
+    key_type = evidence.key_info.key_type
+    if key_type is None:  # pragma: no cover - the cert.key rule refuses it first
+        raise CertificateError(f"{source.cert}: key is {evidence.key_info.description}")
+    return LoadedCertificate(
+        source=source,
+        chain=tuple(evidence.chain),
+        key_type=key_type,
+        key_description=evidence.key_info.description,
+        names=evidence.names,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        password=password,
+    )
+
+
 def _validate_certificate(
     source: CertificateSource,
     cert_pem: bytes,
@@ -284,49 +218,13 @@ def _validate_certificate(
     selection: SuiteSelection,
     now: datetime | None,
 ) -> LoadedCertificate:
-    chain = parse_chain(cert_pem)
-    key = parse_private_key(key_pem, password)
-    leaf = chain[0]
-    if public_key_der(key) != public_key_der(leaf.public_key()):
-        raise KeyMismatchError(
-            f"key {source.key} does not match certificate {source.cert} (different public keys)"
-        )
-    info = describe_key(leaf.public_key())
-    if info.key_type is None:
-        raise CertificateError(f"{source.cert}: key is {info.description}")
-    if info.key_type == "rsa" and info.bits < MIN_RSA_BITS:
-        raise CertificateError(f"{source.cert}: RSA key has {info.bits} bits, at least 2048 needed")
-    if info.key_type not in selection.key_types:
-        raise CertificateError(
-            f"{source.cert}: a {info.key_type.upper()} key, but no selected suite uses one "
-            f"(selected: {', '.join(selection.tls12)})"
-        )
-    moment = now or datetime.now(UTC)
-    if moment < leaf.not_valid_before_utc:
-        raise CertificateError(
-            f"{source.cert}: not valid before {leaf.not_valid_before_utc.isoformat()}"
-        )
-    if moment >= leaf.not_valid_after_utc:
-        raise CertificateError(f"{source.cert}: expired on {leaf.not_valid_after_utc.isoformat()}")
-    names = certificate_names(leaf)
-    if not covers(names, server_name):
-        raise CertificateError(
-            f"{source.cert}: does not cover server_name {server_name!r} "
-            f"(certificate names: {', '.join(names) or 'none'})"
-        )
-    problem = weak_signature_problem(chain) or chain_order_problem(chain)
-    if problem is not None:
-        raise CertificateError(f"{source.cert}: {problem}")
-    return LoadedCertificate(
-        source=source,
-        chain=tuple(chain),
-        key_type=info.key_type,
-        key_description=info.description,
-        names=names,
-        cert_pem=cert_pem,
-        key_pem=key_pem,
-        password=password,
+    evidence = certificate_evidence(
+        source, cert_pem, key_pem, password, server_name, selection, now, search_roots=False
     )
+    problem = refusal(evidence)
+    if problem is not None:
+        raise problem
+    return loaded_certificate(source, evidence, cert_pem, key_pem, password)
 
 
 @contextlib.contextmanager
@@ -475,6 +373,14 @@ def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
     return Snapshot(tuple(contents), hasher.hexdigest())
 
 
+def entry_error(index: int, exc: CertificateError) -> CertificateError:
+    """`exc` naming the config entry it is about, as `run` (and `check`'s startup row) say it.
+
+    Same class, so the reload watcher can still tell a half-written pair apart.
+    """
+    return type(exc)(f"tls.certificates[{index}]: {exc}")
+
+
 def build_certificate_set(
     snapshot: Snapshot,
     server_name: str,
@@ -497,8 +403,7 @@ def build_certificate_set(
                 )
             )
         except CertificateError as exc:
-            # Same class, so the reload watcher can still tell a half-written pair apart.
-            raise type(exc)(f"tls.certificates[{index}]: {exc}") from None
+            raise entry_error(index, exc) from None
     return CertificateSet(loaded, selection, server_name, snapshot.digest)
 
 

@@ -1,4 +1,6 @@
-"""The command line: the only place that prints to stderr for users and picks exit codes.
+"""The command line: parses arguments, reports errors to the user and picks the exit code.
+
+It prints its one-line errors to stderr; the log (`fopproxy.logs`) writes there too.
 
 Exit codes: 0 success; 1 runtime failure (cannot bind, workers crash, forced shutdown);
 2 usage, configuration or certificate error (the message names the key and the problem).
@@ -11,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fopproxy import __version__
+from fopproxy import __version__, signals
 from fopproxy.errors import ConfigError, FopproxyError
 
 EXIT_OK = 0
@@ -71,9 +73,9 @@ def _error(message: str) -> None:
 
 
 def _run(config_path: str) -> int:
-    from fopproxy.app import run
     from fopproxy.config import load_config
     from fopproxy.logs import configure_logging
+    from fopproxy.process import run
 
     config = load_config(config_path)
     configure_logging(config.logging)
@@ -96,6 +98,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command in {"check", "scan", "cert"}:
         from fopproxy.compliance.cli import dispatch
 
+        signals.unblock()  # no event loop here to handle them: Ctrl-C and SIGTERM act at once
         return dispatch(args)
     if args.command == "run" or (args.command is None and args.config):
         return _run(args.config)
@@ -104,9 +107,12 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # First thing: a SIGHUP (systemctl reload) or SIGTERM sent while we import and load the
+    # config must wait for the event loop's handlers, not kill the process or get lost.
+    previous = signals.block()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return _dispatch(args, parser)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -119,3 +125,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         logging.shutdown()
+        signals.restore(previous)

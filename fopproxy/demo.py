@@ -14,8 +14,9 @@ from pathlib import Path
 
 import uvloop
 
-from fopproxy.app import serve_worker, worker_hooks
+from fopproxy.app import serve_worker
 from fopproxy.config import Config, load_config
+from fopproxy.process import worker_hooks
 from fopproxy.selfsigned import self_signed, write_pair
 
 DEMO_NAME = "localhost"

@@ -1,6 +1,6 @@
 """One worker process: the TLS listener, its lifecycle, and the ordered graceful shutdown.
 
-Shutdown order (SIGTERM/SIGINT, or the injected `shutdown` event): stop accepting (the listening
+Shutdown order (SIGTERM/SIGINT, or `request_shutdown()`): stop accepting (the listening
 socket closes, so new clients are refused and readiness turns false), let open connections finish
 for up to `timeouts.drain` seconds, reset whatever is left, stop the watchers, exit 0. A second
 signal skips the wait.
@@ -12,9 +12,9 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Callable
 
 from fopproxy.config import Config
+from fopproxy.http.stats import HttpStats
 from fopproxy.relay import Relay
 from fopproxy.reload import CertificateStore, watch
 from fopproxy.resources import (
@@ -71,11 +71,12 @@ class Worker:
         self.reuse_port = reuse_port
         self._sock = sock
         self.relay: Relay | None = None
+        # mode: http's per-request counters (read by metrics.snapshot like `stats`).
+        self.http_stats = HttpStats()
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self.on_ready: list[Callable[[Worker], None]] = []
 
     @property
     def ready(self) -> bool:
@@ -125,7 +126,7 @@ class Worker:
 
             self.relay = HttpRelay(
                 loop, self.store.get, config.backend, config.timeouts, capacity, self.stats,
-                config.logging.connections, config.http, self.stats.http,
+                config.logging.connections, config.http, self.http_stats,
             )
         else:
             self.relay = Relay(
@@ -141,8 +142,6 @@ class Worker:
         self.server = await loop.create_server(
             self.relay.protocol_factory, sock=sock, backlog=config.backlog
         )
-        for callback in self.on_ready:
-            callback(self)
 
     async def serve(self) -> int:
         """Run until shutdown is requested, then drain; returns the exit code."""

@@ -64,7 +64,6 @@ class Stats:
         "handshake_duration",
         "handshake_errors",
         "handshakes",
-        "http",
         "last_reload_success",
         "reloads",
     )
@@ -82,7 +81,3 @@ class Stats:
         self.backend_connect_duration = Histogram(CONNECT_BUCKETS)
         self.reloads: defaultdict[str, int] = defaultdict(int)
         self.last_reload_success = 0.0
-        # mode: http's per-request counters (imported here: fopproxy.http.stats uses Histogram).
-        from fopproxy.http.stats import HttpStats
-
-        self.http = HttpStats()

@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from fopproxy import certrules
+from fopproxy.certrules import certificate_names, hostname_matches
 from fopproxy.certs import (
     CertificateSource,
-    certificate_names,
-    hostname_matches,
     load_certificate_set,
     read_snapshot,
     validate_certificate,
@@ -211,3 +211,31 @@ def test_malformed_extension_is_a_certificate_error(ca: CA) -> None:
     )
     with pytest.raises(CertificateError, match="cannot be parsed"):
         _validate(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
+
+
+def test_first_problem_in_the_usual_order_is_the_one_reported(ca: CA) -> None:
+    """With several problems, the key comes before the dates and the dates before the names."""
+    now = datetime.now(UTC)
+    past = {"not_before": now - timedelta(days=90), "not_after": now - timedelta(days=1)}
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(CertificateError, match=r"^/tls/leaf\.pem: RSA key has 1024 bits, at least 2048 needed$"):
+        _validate(*_pems(ca, ["other.example.com"], key=small, **past))
+    with pytest.raises(CertificateError, match=r"^/tls/leaf\.pem: expired on "):
+        _validate(*_pems(ca, ["other.example.com"], **past))
+    cert_pem, _ = _pems(ca, [HOST], **past)
+    _, other_key = _pems(ca, [HOST])
+    with pytest.raises(
+        KeyMismatchError,
+        match=r"^key /tls/leaf\.key does not match certificate /tls/leaf\.pem \(different public keys\)$",
+    ):
+        _validate(cert_pem, other_key)
+
+
+def test_validation_never_searches_the_root_store(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust is reported by check and scan only: start-up must not depend on the Mozilla bundle."""
+
+    def no_bundle() -> tuple[x509.Certificate, ...]:
+        raise AssertionError("start-up read the Mozilla root store")
+
+    monkeypatch.setattr(certrules, "mozilla_roots", no_bundle)
+    _validate(*_pems(ca, [HOST]))

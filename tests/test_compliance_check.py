@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fopproxy.cli import main
-from fopproxy.compliance.check import check_file
 from tests.support.pki import CA, Pair, _pem_key
 
 SERVER_NAME = "api.example.test"
@@ -285,6 +284,34 @@ def test_text_table_is_aligned(tmp_path: Path, ca: CA, capsys: pytest.CaptureFix
     header = next(i for i, line in enumerate(out) if line.startswith("STATUS"))
     column = out[header].index("DETAIL")
     rows = out[header + 1 : out.index("", header)]
-    assert len(rows) == len(check_file(tmp_path / "proxy.yaml").results)
+    # Six config rules, eight for the certificate (read, key_match, key, signature, validity,
+    # names, chain, trust), then key-type coverage and startup.
+    assert len(rows) == 16
     assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows)
     assert out[-2].startswith("PASS: ")
+
+
+def test_startup_row_names_the_problem_run_stops_at(tmp_path: Path, ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
+    """Expired and covering another host: both rows fail, and `run`'s one refusal is the expiry."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    end = now - timedelta(days=1)
+    pair = ca.write(tmp_path, "ecdsa", ["other.example.test"], "ecdsa", not_before=now - timedelta(days=90), not_after=end)
+    code, report = run_check(write_config(tmp_path, [pair]), capsys)
+    assert code == 1
+    assert failed(report) == {"cert.validity", "cert.names", "startup"}
+    startup = next(r for r in report["results"] if r["rule"] == "startup")
+    assert startup["detail"] == (
+        f"fopproxy run would refuse to start: tls.certificates[0]: {pair.cert}: expired on {end.isoformat()}"
+    )
+
+
+def test_startup_row_reports_an_unreadable_second_entry_first(tmp_path: Path, ca: CA, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run` reads every file before judging any, so a missing file outranks a bad first entry."""
+    bad = ca.write(tmp_path, "ecdsa", ["other.example.test"], "ecdsa")
+    missing = Pair(tmp_path / "nope.pem", tmp_path / "nope.key", 0, b"", b"")
+    _code, report = run_check(write_config(tmp_path, [bad, missing]), capsys)
+    startup = next(r for r in report["results"] if r["rule"] == "startup")
+    assert startup["detail"] == (
+        "fopproxy run would refuse to start: tls.certificates[1]: cannot read "
+        f"{tmp_path / 'nope.pem'}: No such file or directory"
+    )

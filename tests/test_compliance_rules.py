@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fopproxy.compliance import rules
+from fopproxy import certrules
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import RULES, Result, certificate_results
 from fopproxy.selfsigned import self_signed
@@ -49,7 +49,7 @@ def webpki_leaf(ca: CA, name: str) -> x509.Certificate:
 
 def test_chain_to_a_store_root_passes_trust(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the CA in the root store, a well-formed chain is PASS and names the root."""
-    monkeypatch.setattr(rules, "mozilla_roots", lambda: (ca.cert,))
+    monkeypatch.setattr(certrules, "mozilla_roots", lambda: (ca.cert,))
     results = by_rule(certificate_results("leaf", [webpki_leaf(ca, "api.example.test"), ca.cert], "api.example.test"))
     assert results["cert.trust"].status == "PASS"
     assert results["cert.trust"].facts == {"root": "CN=fopproxy test CA"}
@@ -58,7 +58,7 @@ def test_chain_to_a_store_root_passes_trust(ca: CA, monkeypatch: pytest.MonkeyPa
 
 def test_store_root_that_does_not_verify_is_a_failure_not_a_pass(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chain naming a store root that the verifier rejects (leaf lacks AKI) fails with the reason."""
-    monkeypatch.setattr(rules, "mozilla_roots", lambda: (ca.cert,))
+    monkeypatch.setattr(certrules, "mozilla_roots", lambda: (ca.cert,))
     leaf, _key = ca.issue(["api.example.test"])
     results = by_rule(certificate_results("leaf", [leaf, ca.cert], "api.example.test"))
     assert results["cert.trust"].status == "FAIL"
@@ -98,9 +98,67 @@ def test_names_follow_rfc6125(ca: CA, pattern: str, host: str, status: str) -> N
     assert by_rule(certificate_results("leaf", [leaf, ca.cert], host))["cert.names"].status == status
 
 
+# The public rule table as docs/COMPLIANCE.md lists it: id -> Card FOP line (or "fop").
+CARD_RULES = {
+    "protocol.versions": "1",
+    "suites.required": "4",
+    "suites.outside": "4",
+    "suites.tls13": "fop",
+    "key_exchange": "fop",
+    "server_preference": "fop",
+    "certificates.key_types": "fop",
+    "startup": "fop",
+    "cert.read": "3",
+    "cert.key_match": "3",
+    "cert.key": "fop",
+    "cert.signature": "3",
+    "cert.validity": "3",
+    "cert.names": "2",
+    "cert.chain": "3",
+    "cert.trust": "3",
+    "hostname_verification": "2",
+}
+
+
 def test_every_result_rule_is_in_the_table_and_schema() -> None:
-    """The rule table and the schema's rule enum list the same rules."""
-    assert set(RULES) == set(SCHEMA["$defs"]["result"]["properties"]["rule"]["enum"])
+    """The rule table and the schema's rule enum list the same rules, from the same Card FOP lines."""
+    assert set(SCHEMA["$defs"]["result"]["properties"]["rule"]["enum"]) == set(CARD_RULES)
+    assert {rule_id: rule.card_rule for rule_id, rule in RULES.items()} == CARD_RULES
+
+
+def test_certificate_rules_refuse_in_the_order_run_always_used() -> None:
+    """Every "error" rule can refuse start-up, in this order; trust is only ever reported."""
+    assert [r.id for r in certrules.REFUSAL_ORDER] == [
+        "cert.key_match",
+        "cert.key",
+        "certificates.key_types",
+        "cert.validity",
+        "cert.names",
+        "cert.signature",
+        "cert.chain",
+    ]
+    severities = {r.id: r.severity for r in certrules.CERTIFICATE_RULES}
+    assert {i for i, s in severities.items() if s == "error"} == {r.id for r in certrules.REFUSAL_ORDER}
+    assert {i for i, s in severities.items() if s == "advisory"} == {"cert.trust"}
+    assert all(RULES[r.id] is r for r in certrules.CERTIFICATE_RULES)
+
+
+def test_scan_rows_for_a_good_chain(ca: CA) -> None:
+    """A chain alone (what scan sees): no key_match or key_types row, the others in table order."""
+    leaf, _key = ca.issue(["api.example.test"])
+    results = certificate_results("served", [leaf, ca.cert], "api.example.test")
+    assert [(r.rule, r.status) for r in results] == [
+        ("cert.key", "PASS"),
+        ("cert.signature", "PASS"),
+        ("cert.validity", "PASS"),
+        ("cert.names", "PASS"),
+        ("cert.chain", "PASS"),
+        ("cert.trust", "WARN"),
+    ]
+    assert results[0].detail == "ECDSA secp256r1"
+    assert results[1].detail == "signed with SHA256"
+    assert results[4].detail == "complete up to its root CN=fopproxy test CA"
+    assert certificate_results("served", [leaf, ca.cert], None)[3].status == "SKIP"
 
 
 def test_report_json_validates_and_exit_code_follows_failures(ca: CA) -> None:

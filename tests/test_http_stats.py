@@ -6,7 +6,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fopproxy.http.stats import HttpSnapshot, HttpStats
-from fopproxy.metrics import Snapshot, make_registry
+from fopproxy.metrics.collector import make_registry
+from fopproxy.metrics.snapshot import MetricsSnapshot as Snapshot
 
 
 def _stats() -> HttpStats:

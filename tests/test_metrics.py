@@ -18,15 +18,11 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fopproxy.certs import CertificateSource, load_certificate_set
-from fopproxy.metrics import (
-    MetricsHTTPProtocol,
-    Snapshot,
-    WorkerAggregator,
-    make_registry,
-    respond,
-    snapshot_path,
-    take_snapshot,
-)
+from fopproxy.http.stats import HttpStats
+from fopproxy.metrics.aggregate import WorkerAggregator, snapshot_path
+from fopproxy.metrics.collector import make_registry
+from fopproxy.metrics.http import MetricsHTTPProtocol, respond
+from fopproxy.metrics.snapshot import MetricsSnapshot, take_snapshot
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
 from tests.conftest import SERVER_NAME, TLSFiles
@@ -60,7 +56,15 @@ def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = Non
         relay=SimpleNamespace(active=active if active is not None else set()),
         store=SimpleNamespace(current=certificates),
         ready=ready,
+        http_stats=_one_http_request(),
     )
+
+
+def _one_http_request() -> HttpStats:
+    """mode: http's counters with one request, so its labelled families have a sample."""
+    http = HttpStats()
+    http.requests[("POST", 200)] += 1
+    return http
 
 
 def busy_stats() -> Stats:
@@ -77,7 +81,6 @@ def busy_stats() -> Stats:
     stats.backend_connect_errors["refused"] += 1
     stats.backend_connect_duration.observe(0.002)
     stats.reloads["failure"] += 1
-    stats.http.requests[("POST", 200)] += 1  # mode: http's families (fopproxy/http/stats.py)
     return stats
 
 
@@ -156,7 +159,7 @@ def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TL
 def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     """A worker's snapshot survives JSON; two snapshots add counters and merge certificates."""
     snap = take_snapshot(fake_worker(tls_files, busy_stats()), 99.0)
-    again = Snapshot.from_json(snap.to_json())
+    again = MetricsSnapshot.from_json(snap.to_json())
     assert again == snap
     total = snap + again
     assert total.handshakes[("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")] == 10
@@ -165,7 +168,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
     assert len(total.certificates) == 2  # the same two certificates, not four
     assert snap.add_counters(again).connections_active == snap.connections_active  # gauges not folded
     with pytest.raises(ValueError, match="not a worker snapshot"):
-        Snapshot.from_json(b'{"handshakes": []}')
+        MetricsSnapshot.from_json(b'{"handshakes": []}')
 
 
 # ---- supervisor aggregation over real Unix sockets ---------------------------------------------
@@ -174,7 +177,7 @@ def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:
 class SnapshotServer:
     """A worker's snapshot socket, played by a thread that answers `snapshot()` as JSON."""
 
-    def __init__(self, path: Path, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, path: Path, snapshot: Callable[[], MetricsSnapshot]) -> None:
         self.path = path
         self.snapshot = snapshot
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,12 +210,12 @@ def servers() -> Iterator[list[SnapshotServer]]:
             server.close()
 
 
-def handshakes(count: int, ready: bool = True) -> Snapshot:
-    return Snapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
+def handshakes(count: int, ready: bool = True) -> MetricsSnapshot:
+    return MetricsSnapshot(handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): count}, bytes_to_backend=10 * count,
                     connections_active=count, ready=ready)
 
 
-def total_handshakes(snap: Snapshot) -> int:
+def total_handshakes(snap: MetricsSnapshot) -> int:
     return sum(snap.handshakes.values())
 
 
@@ -248,7 +251,7 @@ def test_aggregator_ignores_an_answer_from_a_worker_already_folded(tmp_path: Pat
     """A worker reaped while a scrape was querying it is not counted twice."""
     aggregator = WorkerAggregator(tmp_path, workers=1)
 
-    def answer_then_die() -> Snapshot:
+    def answer_then_die() -> MetricsSnapshot:
         aggregator.on_child_exit(0, 201)  # the supervisor reaps it mid-query
         return handshakes(4)
 

@@ -2,30 +2,50 @@
 
 Everything that would make `fopproxy run` refuse to start (an expired certificate, a key that does
 not match...) is reported as a FAIL line here instead of an exception, so one run lists every
-problem. The lower-level pieces of `certs.py` are called one by one for that reason, and the
-real start-up path (`load_certificate_set`) is then run as a last cross-check.
+problem. The certificate rows come from the same rule table `run` validates with
+(`fopproxy.certrules`), and the `startup` row names the refusal `run` would pick among them; what
+is left of start-up (reading the files as `run` does, building the contexts) is run for real.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fopproxy.certrules import judge, refusal_among
 from fopproxy.certs import (
+    CertificateSet,
     CertificateSource,
-    describe_key,
-    load_certificate_set,
-    parse_chain,
-    parse_private_key,
-    public_key_der,
+    LoadedCertificate,
+    certificate_evidence,
+    entry_error,
+    loaded_certificate,
+    read_snapshot,
     read_source,
 )
 from fopproxy.compliance.report import Report
-from fopproxy.compliance.rules import Result, certificate_results, describe_certificate
+from fopproxy.compliance.rules import Result, describe_certificate, result_rows
 from fopproxy.config import Config, load_config
-from fopproxy.errors import CertificateError, ComplianceError
+from fopproxy.errors import (
+    CertificateError,
+    CertificateReadError,
+    ComplianceError,
+    FopproxyError,
+)
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, IANA_NAMES, SuiteSelection, suite_key_type
 from fopproxy.tls import build_context, offered_suites
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One configured entry as `check` saw it: its rows, and what start-up would make of it."""
+
+    results: list[Result]
+    key_type: str | None
+    described: dict[str, object] | None
+    refusal: CertificateError | None
+    loaded: LoadedCertificate | None
 
 
 def check_file(path: str | Path, now: datetime | None = None) -> Report:
@@ -47,26 +67,18 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
     report.add(*_policy_results(selection))
     key_types: list[str] = []
     certificates: list[dict[str, object]] = []
+    judged: list[_Judged] = []
     for index, source in enumerate(config.tls.certificates):
         subject = f"tls.certificates[{index}]"
-        results, key_type, described = _certificate(subject, source, config.server_name, moment)
-        report.add(*results)
-        if key_type is not None:
-            key_types.append(key_type)
-            if key_type not in selection.key_types:
-                report.add(
-                    Result(
-                        "certificates.key_types",
-                        subject,
-                        "FAIL",
-                        f"a {key_type.upper()} key, but no selected suite uses one "
-                        f"(selected: {', '.join(selection.tls12)})",
-                    )
-                )
-        if described is not None:
-            certificates.append({"role": subject, "cert": str(source.cert), **described})
+        entry = _certificate(subject, source, config, moment)
+        judged.append(entry)
+        report.add(*entry.results)
+        if entry.key_type is not None:
+            key_types.append(entry.key_type)
+        if entry.described is not None:
+            certificates.append({"role": subject, "cert": str(source.cert), **entry.described})
     report.add(_coverage_result(selection, key_types))
-    report.add(_startup_result(config, moment))
+    report.add(_startup_result(config, judged))
     report.facts = {
         "tls12_suites": list(selection.tls12),
         "tls13_suites": list(selection.tls13) if _serves_tls13(selection) else [],
@@ -150,43 +162,36 @@ def _policy_results(selection: SuiteSelection) -> list[Result]:
     return results
 
 
-def _certificate(
-    subject: str, source: CertificateSource, server_name: str, now: datetime
-) -> tuple[list[Result], str | None, dict[str, object] | None]:
-    """Results for one configured chain; (results, key type if readable, description)."""
+def _certificate(subject: str, source: CertificateSource, config: Config, now: datetime) -> _Judged:
+    """The rows for one configured chain, judged by the rule table `run` uses."""
     try:
         cert_pem, key_pem, password = read_source(source)
     except OSError as exc:
-        return (
-            [Result("cert.read", subject, "FAIL", f"cannot read {exc.filename}: {exc.strerror}")],
-            None,
-            None,
+        failed = Result("cert.read", subject, "FAIL", f"cannot read {exc.filename}: {exc.strerror}")
+        return _Judged([failed], None, None, None, None)
+    try:
+        evidence = certificate_evidence(
+            source, cert_pem, key_pem, password, config.server_name, config.tls.selection, now
         )
-    try:
-        chain = parse_chain(cert_pem)
     except CertificateError as exc:
-        return [Result("cert.read", subject, "FAIL", f"{source.cert}: {exc}")], None, None
-    results = [Result("cert.read", subject, "PASS", f"{source.cert}: {len(chain)} certificate(s)")]
-    try:
-        key = parse_private_key(key_pem, password)
-    except CertificateError as exc:
-        results.append(Result("cert.key_match", subject, "FAIL", f"{source.key}: {exc}"))
-    else:
-        if public_key_der(key) == public_key_der(chain[0].public_key()):
-            results.append(Result("cert.key_match", subject, "PASS", f"{source.key} matches"))
-        else:
-            results.append(
-                Result(
-                    "cert.key_match",
-                    subject,
-                    "FAIL",
-                    f"key {source.key} does not match the certificate (different public keys)",
-                )
-            )
-    results.extend(certificate_results(subject, chain, server_name, now))
-    key_ok = any(r.rule == "cert.key" and r.status == "PASS" for r in results)
-    key_type = describe_key(chain[0].public_key()).key_type if key_ok else None
-    return results, key_type, describe_certificate(chain[0])
+        failed = Result("cert.read", subject, "FAIL", f"{source.cert}: {exc}")
+        return _Judged([failed], None, None, exc, None)
+    findings = judge(evidence)
+    count = len(evidence.chain)
+    read = Result("cert.read", subject, "PASS", f"{source.cert}: {count} certificate(s)")
+    results = [read, *result_rows(subject, findings)]
+    key_ok = any(rule.id == "cert.key" and f.status == "PASS" for rule, f in findings)
+    refused = refusal_among(findings)
+    loaded = None
+    if refused is None:
+        loaded = loaded_certificate(source, evidence, cert_pem, key_pem, password)
+    return _Judged(
+        results,
+        evidence.key_info.key_type if key_ok else None,
+        describe_certificate(evidence.leaf),
+        refused,
+        loaded,
+    )
 
 
 def _coverage_result(selection: SuiteSelection, key_types: list[str]) -> Result:
@@ -202,10 +207,34 @@ def _coverage_result(selection: SuiteSelection, key_types: list[str]) -> Result:
     return Result("certificates.key_types", "config", "PASS" if served else "FAIL", detail)
 
 
-def _startup_result(config: Config, now: datetime) -> Result:
-    """Run the start-up path itself, so `check` can never pass what `run` would refuse."""
-    try:
-        load_certificate_set(config.tls.certificates, config.server_name, config.tls.selection, now)
-    except (CertificateError, ComplianceError) as exc:
-        return Result("startup", "config", "FAIL", f"fopproxy run would refuse to start: {exc}")
+def _startup_result(config: Config, judged: list[_Judged]) -> Result:
+    """What `fopproxy run` would make of this config, so `check` can never pass what it refuses."""
+    problem = _startup_refusal(config, judged)
+    if problem is not None:
+        return Result("startup", "config", "FAIL", f"fopproxy run would refuse to start: {problem}")
     return Result("startup", "config", "PASS", "fopproxy run would load this certificate set")
+
+
+def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | None:
+    """The error `run` would stop with, or None.
+
+    The certificates' refusal is the one `run` picks among the same rule findings (nothing is
+    validated twice); the files are read as `run` reads them, and the contexts are built for
+    real, since OpenSSL has the last word on a certificate set.
+    """
+    try:
+        snapshot = read_snapshot(config.tls.certificates)
+    except CertificateError as exc:
+        return exc
+    loaded: list[LoadedCertificate] = []
+    for index, entry in enumerate(judged):
+        if entry.refusal is not None:
+            return entry_error(index, entry.refusal)
+        if entry.loaded is None:  # pragma: no cover - readable for `run` a moment after `check`
+            return CertificateReadError(f"tls.certificates[{index}]: changed while being read")
+        loaded.append(entry.loaded)
+    try:
+        CertificateSet(loaded, config.tls.selection, config.server_name, snapshot.digest)
+    except (CertificateError, ComplianceError) as exc:
+        return exc
+    return None

@@ -37,7 +37,7 @@ ALLOWED_TLS12 = {
 
 def metrics_in_checkout() -> bool:
     """Whether this checkout's fopproxy serves metrics.listen (/metrics, /healthz, /readyz)."""
-    return (REPO / "fopproxy" / "metrics.py").exists()
+    return (REPO / "fopproxy" / "metrics" / "__init__.py").exists() or (REPO / "fopproxy" / "metrics.py").exists()
 
 
 @pytest.fixture(scope="module")

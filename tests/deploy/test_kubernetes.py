@@ -142,6 +142,23 @@ def test_probes_use_the_health_endpoints_on_the_metrics_port(rendered: list[dict
     assert set(ports) == {"https", "metrics"}
 
 
+def test_network_policy_admits_only_monitoring_to_the_metrics_port(rendered: list[dict[str, Any]]) -> None:
+    """The pod is isolated for ingress: TLS from anywhere, metrics only from the monitoring namespace."""
+    policy = find(rendered, "NetworkPolicy")["spec"]
+    pod = find(rendered, "Deployment")["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    by_port = {port["port"]: rule.get("from") for rule in policy["ingress"] for port in rule["ports"]}
+    assert by_port == {
+        "https": None,  # no `from`: every source
+        "metrics": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    }
+    # The named ports exist on the fopproxy container, so the policy cannot silently match nothing.
+    ports = {p["name"] for p in fopproxy_container(rendered)["ports"]}
+    assert set(by_port) == ports
+
+
 def test_cert_manager_overlay_issues_both_key_types() -> None:
     """The overlay's Certificates fill exactly the Secrets the pod mounts, one ECDSA, one RSA,
     with the public hostname as CN (Google checks the CN)."""

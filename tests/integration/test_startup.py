@@ -197,3 +197,22 @@ def test_sni_picks_among_several_certificates(tmp_path: Path, proxy_config: Conf
     assert served[SERVER_NAME] == main.serial
     assert served["pay.example.test"] == extra.serial
     assert served["none"] == main.serial
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tells_systemd_when_every_worker_is_ready(tmp_path: Path, proxy_config: ConfigFactory, echo_backend: ThreadedBackend, workers: int) -> None:
+    """With $NOTIFY_SOCKET (systemd Type=notify), READY=1 arrives once, after every worker listens."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(30)
+        config = proxy_config(echo_backend.address, workers=workers)
+        with ProxyProcess(tmp_path, config, wait=False, env={"NOTIFY_SOCKET": str(path)}) as proxy:
+            assert notify.recv(256) == b"READY=1"
+            with socket.create_connection((proxy.host, proxy.port), timeout=5):
+                pass  # serving when READY=1 came (log lines may be flushed a moment later)
+            proxy.wait_for_log("listening on", count=workers, timeout=5)
+            notify.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                notify.recv(256)
+            assert proxy.stop() == 0

@@ -60,7 +60,8 @@ async def test_sigterm_drains_50_in_flight_transfers(start_proxy: StartProxy, ec
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 30)
     signaled = time.monotonic()
     proxy.signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    # Logged right after the listener closed: from then on a new client must be refused.
+    await asyncio.to_thread(proxy.wait_for_log, "draining 50 open connections")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((proxy.host, proxy.port), timeout=2).close()
     results = await asyncio.gather(*transfers)
@@ -82,12 +83,15 @@ async def test_sighup_during_load_drops_nothing(start_proxy: StartProxy, echo_se
     proxy = start_proxy(echo_server.address)
     transfers = [asyncio.ensure_future(_paced_transfer(proxy.host, proxy.port, ctx, i)) for i in range(20)]
     fresh = []
-    for _ in range(5):
-        await asyncio.sleep(0.4)
+    for count in range(1, 6):
         proxy.signal(signal.SIGHUP)
+        # One reload at a time: signals sent faster than the loop takes them would merge into one.
+        await asyncio.to_thread(proxy.wait_for_log, "SIGHUP: reloading certificates", count=count)
         fresh.append(asyncio.ensure_future(_paced_transfer(proxy.host, proxy.port, ctx, 99)))
+    unfinished = sum(not t.done() for t in transfers)
     results = await asyncio.gather(*transfers, *fresh)
-    log = await asyncio.to_thread(proxy.wait_for_log, "SIGHUP: reloading certificates", count=5)
+    log = proxy.log()
+    assert unfinished == len(transfers), "the reloads must land while every transfer streams"
     print(f"5 SIGHUPs during 25 transfers: {results.count(True)}/25 byte-exact; "
           f"{log.count('reason=done')} clean closes, {log.count('client_reset')} resets")
     assert all(results)

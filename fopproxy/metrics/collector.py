@@ -1,0 +1,167 @@
+"""The Prometheus collector: turns a `MetricsSnapshot` into the public metric families.
+
+The metric names here are public API: dashboards and alert rules in `deploy/prometheus/` use
+them, and a test checks every name they use is exported. The collector lives on a registry of
+our own, never the global one.
+"""
+
+from __future__ import annotations
+
+import platform
+import ssl
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from fopproxy import __version__
+from fopproxy.http.stats import http_families
+from fopproxy.metrics.snapshot import HistogramData, MetricsSnapshot
+from fopproxy.stats import (
+    BACKEND_ERROR_REASONS,
+    CONNECT_BUCKETS,
+    HANDSHAKE_BUCKETS,
+    HANDSHAKE_ERROR_REASONS,
+    REJECT_REASONS,
+    RELOAD_RESULTS,
+)
+
+
+def _counter_by(
+    name: str, documentation: str, label: str, counts: Mapping[str, int], fixed: Iterable[str]
+) -> CounterMetricFamily:
+    """A counter with one bounded label; every value of the fixed set appears (at 0), so alerts
+    see a series before the event."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in {**dict.fromkeys(fixed, 0), **counts}.items():
+        family.add_metric([value], count)
+    return family
+
+
+def _histogram_family(
+    name: str, documentation: str, bounds: tuple[float, ...], data: HistogramData
+) -> HistogramMetricFamily:
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(bounds, data.counts, strict=False):
+        running += count
+        buckets.append((repr(float(bound)), running))
+    buckets.append(("+Inf", running + data.counts[-1]))
+    family = HistogramMetricFamily(name, documentation)
+    family.add_metric([], buckets, data.sum)
+    return family
+
+
+BUILD_LABELS = {
+    "version": __version__,
+    "python": platform.python_version(),
+    "openssl": ssl.OPENSSL_VERSION,
+}
+
+
+class FopproxyCollector(Collector):
+    """Turns a MetricsSnapshot into the public metric families, once per scrape."""
+
+    def __init__(self, source: Callable[[], MetricsSnapshot]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.source()
+        yield from self._tls(snap)
+        yield from self._connections(snap)
+        yield from self._backend(snap)
+        yield from self._certificates(snap)
+        yield from http_families(snap.http)
+        info = GaugeMetricFamily(
+            "fopproxy_build_info", "fopproxy build: version, Python and OpenSSL (value 1)",
+            labels=list(BUILD_LABELS),
+        )
+        info.add_metric(list(BUILD_LABELS.values()), 1)
+        yield info
+
+    @staticmethod
+    def _tls(snap: MetricsSnapshot) -> Iterator[Metric]:
+        handshakes = CounterMetricFamily(
+            "fopproxy_tls_handshakes", "Successful TLS handshakes by protocol version and cipher",
+            labels=["version", "cipher"],
+        )
+        for (version, cipher), count in sorted(snap.handshakes.items()):
+            handshakes.add_metric([version, cipher], count)
+        yield handshakes
+        yield _counter_by(
+            "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
+            "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
+        )
+        yield _histogram_family(
+            "fopproxy_tls_handshake_duration_seconds",
+            "Time from accept to a completed TLS handshake",
+            HANDSHAKE_BUCKETS, snap.handshake_duration,
+        )
+
+    @staticmethod
+    def _connections(snap: MetricsSnapshot) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "fopproxy_connections_active", "Client connections open now",
+            value=snap.connections_active,
+        )
+        yield _counter_by(
+            "fopproxy_connections_rejected", "Connections refused before TLS, by reason",
+            "reason", snap.connections_rejected, REJECT_REASONS,
+        )
+        traffic = CounterMetricFamily(
+            "fopproxy_bytes", "Plaintext bytes relayed, by direction", labels=["direction"]
+        )
+        traffic.add_metric(["to_backend"], snap.bytes_to_backend)
+        traffic.add_metric(["to_client"], snap.bytes_to_client)
+        yield traffic
+
+    @staticmethod
+    def _backend(snap: MetricsSnapshot) -> Iterator[Metric]:
+        yield _counter_by(
+            "fopproxy_backend_connect_errors", "Failed backend connection attempts by reason",
+            "reason", snap.backend_connect_errors, BACKEND_ERROR_REASONS,
+        )
+        yield _histogram_family(
+            "fopproxy_backend_connect_duration_seconds", "Time to connect to the backend",
+            CONNECT_BUCKETS, snap.backend_connect_duration,
+        )
+
+    @staticmethod
+    def _certificates(snap: MetricsSnapshot) -> Iterator[Metric]:
+        labels = ["name", "serial", "key_type"]
+        not_after = GaugeMetricFamily(
+            "fopproxy_certificate_not_after_timestamp_seconds",
+            "End of validity (notAfter) of each served certificate, Unix time", labels=labels,
+        )
+        not_before = GaugeMetricFamily(
+            "fopproxy_certificate_not_before_timestamp_seconds",
+            "Start of validity (notBefore) of each served certificate, Unix time", labels=labels,
+        )
+        for cert in sorted(snap.certificates, key=lambda c: (c.name, c.key_type, c.serial)):
+            values = [cert.name, cert.serial, cert.key_type]
+            not_after.add_metric(values, cert.not_after)
+            not_before.add_metric(values, cert.not_before)
+        yield not_after
+        yield not_before
+        yield _counter_by(
+            "fopproxy_certificate_reloads", "Certificate reload attempts by result",
+            "result", snap.reloads, RELOAD_RESULTS,
+        )
+        yield GaugeMetricFamily(
+            "fopproxy_certificate_last_reload_success_timestamp_seconds",
+            "When the served certificates were last loaded successfully (start included), "
+            "Unix time",
+            value=snap.last_reload_success,
+        )
+
+
+def make_registry(source: Callable[[], MetricsSnapshot]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FopproxyCollector(source))
+    return registry
+

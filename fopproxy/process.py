@@ -1,0 +1,75 @@
+"""Process wiring, and the only place of it: one worker, N workers, or N workers + metrics.
+
+`run(config)` is what `fopproxy -c FILE` does. With one worker everything runs in this process
+(the metrics listener on the worker's own loop). With more, a supervisor forks them (each binds
+the TLS port with SO_REUSEPORT, so the kernel spreads connections), forwards signals and
+replaces a worker that dies; with metrics, the supervisor serves the sum of its workers'
+snapshots. The supervisor, the worker and the metrics package know nothing of each other: they
+are handed what they run here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+
+from fopproxy.app import WorkerHook, new_store, run_worker
+from fopproxy.config import Config
+from fopproxy.metrics.aggregate import snapshot_folder, snapshot_hook
+from fopproxy.metrics.serve import SupervisorMetrics, serve_metrics
+from fopproxy.sdnotify import notify
+from fopproxy.stats import Stats
+from fopproxy.workers import Supervisor
+
+
+def worker_hooks(config: Config) -> tuple[WorkerHook, ...]:
+    """What a lone worker starts next to its listener: the metrics listener, where configured."""
+    if config.metrics.listen is None:
+        return ()
+    return (serve_metrics,)
+
+
+def ready() -> None:
+    """The whole process serves (every worker): tell systemd, where it asks (`Type=notify`)."""
+    notify("READY=1")
+
+
+def run(config: Config) -> int:
+    """Run the proxy as configured until a signal stops it; returns the exit code."""
+    # Validate certificates before forking anything, so a bad file is one clear error.
+    new_store(config, Stats())
+    if config.workers == 1:
+        return run_worker(config, ready=ready, hooks=worker_hooks(config))
+    if config.metrics.listen is None:
+        def child_main(index: int, ready: Callable[[], None]) -> int:
+            del index
+            return run_worker(config, reuse_port=True, ready=ready)
+
+        return Supervisor(config.workers, child_main, on_ready=ready).run()
+    return run_with_metrics(config)
+
+
+def run_with_metrics(config: Config) -> int:
+    """`workers: N` with metrics: each worker answers a snapshot socket; the supervisor sums."""
+    address = config.metrics.listen
+    assert address is not None
+    folder = snapshot_folder()
+    try:
+        metrics = SupervisorMetrics(address, folder, config.workers)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    def child_main(index: int, ready: Callable[[], None]) -> int:
+        del index
+        metrics.close_in_child()
+        return run_worker(config, reuse_port=True, ready=ready, hooks=(snapshot_hook(folder),))
+
+    supervisor = Supervisor(config.workers, child_main, on_ready=ready)
+    supervisor.on_child_exit.append(metrics.aggregator.on_child_exit)
+    try:
+        metrics.start()
+        return supervisor.run()
+    finally:
+        metrics.stop()
+        shutil.rmtree(folder, ignore_errors=True)
