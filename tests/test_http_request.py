@@ -173,3 +173,14 @@ def test_pipelined_requests_parse_in_order_and_unknown_methods_are_other() -> No
     reader(requests).feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPROPFIND /b HTTP/1.1\r\nHost: a\r\n\r\nHEAD /c HTTP/1.1\r\nHost: a\r\n\r\n")
     assert [(r.method, r.path()) for r in requests] == [("GET", "/a"), ("OTHER", "/b"), ("HEAD", "/c")]
     assert requests[2].head_only
+
+
+def test_endless_trailers_are_refused() -> None:
+    """Trailers are dropped, but a body that never stops sending them is refused, not held."""
+    requests: deque[Request] = deque()
+    r = reader(requests)
+    r.feed(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n")
+    with pytest.raises(RequestError) as refused:
+        feed_in_pieces(r, b"X-T: 1\r\n" * 1000, 80)
+    assert refused.value.status == 431
+    assert not requests[0].done

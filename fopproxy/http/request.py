@@ -44,6 +44,20 @@ FORWARDED_HEADERS = frozenset(
 CLIENT_CERT_HEADERS = frozenset({b"client-cert", b"client-cert-chain"})
 # Headers a Connection header must not nominate: dropping them would change the framing.
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
+# What the head rebuild does with a header, looked up once per header by its lower-case name
+# (absent: passed on). One table for each `forwarded` setting.
+_HOST, _TE, _CONNECTION, _DROP = range(4)
+_ROLES_BASE = {
+    b"host": _HOST, b"transfer-encoding": _TE, b"connection": _CONNECTION,
+    **dict.fromkeys(HOP_BY_HOP - {b"transfer-encoding", b"connection"}, _DROP),
+    **dict.fromkeys(CLIENT_CERT_HEADERS, _DROP),
+}
+ROLES = {
+    False: _ROLES_BASE,
+    True: {**_ROLES_BASE, **dict.fromkeys(FORWARDED_HEADERS, _DROP)},
+}
+# Trailer fields of one chunked body we will hold (to drop) before refusing the request.
+MAX_TRAILER_FIELDS = 64
 # Beyond the limit itself, an unfinished head may hold this much before it is refused (it only
 # bounds memory: the exact limit is checked on the parsed parts).
 HEAD_SLACK = 64 * 1024
@@ -121,7 +135,7 @@ class RequestReader:
         self.client_host = client_host.encode()
         self._forwarded_for = _forwarded_for(client_host)
         self.cert_headers = cert_headers
-        self.dropped = CLIENT_CERT_HEADERS | (FORWARDED_HEADERS if forwarded else frozenset())
+        self.roles = ROLES[forwarded]
         self._parser = httptools.HttpRequestParser(self)
         self._current: Request | None = None
         self._headers: list[tuple[bytes, bytes]] = []
@@ -152,6 +166,9 @@ class RequestReader:
             raise self._error_now(501, "upgrade_refused") from None
         except httptools.HttpParserError:  # the invalid-method error included
             raise self._error_now(400, "bad_request") from None
+        if not self._in_head and len(self._headers) > MAX_TRAILER_FIELDS:
+            # Trailer fields are dropped, but llhttp hands each one over: bound how many wait.
+            raise self._error_now(431, "header_too_large")
         if self._in_head:
             # An unfinished head: httptools holds its last header until the header ends.
             self._unfinished = len(data) if heads != self._heads_done else self._unfinished + len(
@@ -170,11 +187,6 @@ class RequestReader:
         self._error = self._error_now(status, reason)
         raise self._error
 
-    def _grow_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.max_header_bytes:
-            self._fail(431, "header_too_large")
-
     # ---- llhttp callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -186,12 +198,14 @@ class RequestReader:
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)  # may come in pieces, one per feed
-        self._grow_head(len(url))
+        self._head_size += len(url)
+        if self._head_size > self.max_header_bytes:
+            self._fail(431, "header_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer field: dropped (the body is re-chunked without trailers)
-        self._grow_head(len(name) + len(value) + 4)
+        # The hot callback (one per header): only collect. The size is checked once the head
+        # is complete (memory meanwhile is bounded in feed); trailers land in a list that
+        # on_headers_complete swapped in and nobody reads.
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -209,34 +223,39 @@ class RequestReader:
         self._in_head = False
         self._heads_done += 1
         request.keep_alive = parser.should_keep_alive()
-        request.out.append(self._backend_head(request, method, version))
+        headers, self._headers = self._headers, []  # trailers, if any, go to the new list
+        request.out.append(self._backend_head(request, method, version, headers))
         self.requests.append(request)
 
-    def _backend_head(self, request: Request, method: str, version: str) -> bytes:
+    def _backend_head(
+        self, request: Request, method: str, version: str, headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
         """The head the backend gets: the client's, less what it must not be able to forge."""
-        dropped = self.dropped
+        roles = self.roles
         hosts: list[bytes] = []
         nominated: set[bytes] = set()
         kept: list[bytes] = [
             method.encode(), b" ", request.target, b" HTTP/", version.encode(), b"\r\n"
         ]
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"host":
+        size = self._head_size
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            role = roles.get(name.lower())
+            if role is None:
+                kept += (name, b": ", value, b"\r\n")
+            elif role == _HOST:
                 hosts.append(value)
-            elif lower == b"transfer-encoding":
+                kept += (name, b": ", value, b"\r\n")
+            elif role == _TE:
                 # llhttp accepts any list ending in chunked; we pass only plain chunked.
                 if value.strip().lower() != b"chunked" or version == "1.0":
                     self._fail(400, "transfer_encoding")
                 request.chunked = True
-                continue
-            elif lower == b"connection":
+            elif role == _CONNECTION:
                 for token in value.lower().split(b","):
                     nominated.add(token.strip())
-                continue
-            if lower in HOP_BY_HOP or lower in dropped:
-                continue
-            kept += (name, b": ", value, b"\r\n")
+        if size > self.max_header_bytes:
+            self._fail(431, "header_too_large")
         if version == "1.1" and len(hosts) != 1:
             self._fail(400, "host")
         if nominated & FRAMING_HEADERS:
