@@ -304,3 +304,14 @@ async def test_connection_close_ends_after_the_answer(close_by: str) -> None:
     await h.send(get("/a", extra if close_by == "client" else b""))
     h.backend.answer(ok(b"a", extra=b"" if close_by == "client" else extra))
     assert h.client.finished is not None and h.client.finished[0]
+
+
+async def test_requests_after_a_connection_close_request_are_discarded() -> None:
+    """RFC 9112 9.6: what follows a close request is not read; no 400 for it either."""
+    h = Harness()
+    await h.send(get("/a", b"Connection: close\r\n") + get("/b"))
+    h.backend.answer(ok(b"a"))
+    assert bytes(h.client.received) == ok(b"a")
+    assert b"/b" not in h.backend.written
+    assert h.client.finished == (True, "done")
+    assert h.stats.requests == {("GET", 200): 1}

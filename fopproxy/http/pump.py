@@ -170,10 +170,13 @@ class HttpPump(asyncio.Transport):
         """Client plaintext."""
         if self.input_closed:
             return  # after a refused request, or past a Connection: close request
+        reader = self.reader
         try:
-            self.reader.feed(data)
+            reader.feed(data)
         except RequestError as error:
             self._refuse(error)
+        if reader.finished:
+            self.input_closed = True  # a Connection: close request was the last one
         self._advance()
 
     def writelines(self, chunks: object) -> None:

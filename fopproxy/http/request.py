@@ -145,6 +145,9 @@ class RequestReader:
         self._unfinished = 0
         self._heads_done = 0
         self._error: RequestError | None = None
+        # A request said Connection: close (or was HTTP/1.0 without keep-alive): whatever the
+        # client sends after it is not read (RFC 9112 9.6), and llhttp refuses to parse it.
+        self.finished = False
 
     @property
     def mid_request(self) -> bool:
@@ -155,17 +158,15 @@ class RequestReader:
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Parse `data`; raises RequestError for a request that must be refused."""
+        if self.finished:
+            return
         heads = self._heads_done
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            error = self._error
-            assert error is not None  # only our callbacks raise, and they set it first
-            raise error from None
-        except httptools.HttpParserUpgrade:  # refused in on_headers_complete; kept for safety
-            raise self._error_now(501, "upgrade_refused") from None
-        except httptools.HttpParserError:  # the invalid-method error included
-            raise self._error_now(400, "bad_request") from None
+        except httptools.HttpParserError as exc:
+            if self.finished and self._error is None:
+                return  # bytes after the last request (Connection: close): discarded
+            raise self._refusal(exc) from None
         if not self._in_head and len(self._headers) > MAX_TRAILER_FIELDS:
             # Trailer fields are dropped, but llhttp hands each one over: bound how many wait.
             raise self._error_now(431, "header_too_large")
@@ -176,6 +177,16 @@ class RequestReader:
             )
             if self._unfinished > self.max_header_bytes + HEAD_SLACK:
                 raise self._error_now(431, "header_too_large")
+
+    def _refusal(self, exc: httptools.HttpParserError) -> RequestError:
+        """The RequestError for what llhttp (or one of our callbacks) refused."""
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            error = self._error
+            assert error is not None  # only our callbacks raise, and they set it first
+            return error
+        if isinstance(exc, httptools.HttpParserUpgrade):  # refused in on_headers_complete
+            return self._error_now(501, "upgrade_refused")
+        return self._error_now(400, "bad_request")  # the invalid-method error included
 
     def _error_now(self, status: int, reason: str) -> RequestError:
         current = self._current
@@ -300,6 +311,8 @@ class RequestReader:
         if request.chunked:
             request.out.append(b"0\r\n\r\n")
         request.done = True
+        if not request.keep_alive:
+            self.finished = True
         self._current = None
         self._in_head = True
         self._unfinished = 0
