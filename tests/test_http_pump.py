@@ -65,6 +65,12 @@ class FakeBackend(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
+    def get_write_buffer_size(self) -> int:
+        return len(self.written)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.limits = (high, low)
+
     def answer(self, data: bytes) -> None:
         """The backend sends `data` (through the shared read buffer, as a real read does)."""
         buffer = self.protocol.get_buffer(len(data))
@@ -315,3 +321,13 @@ async def test_requests_after_a_connection_close_request_are_discarded() -> None
     assert b"/b" not in h.backend.written
     assert h.client.finished == (True, "done")
     assert h.stats.requests == {("GET", 200): 1}
+
+
+async def test_write_limits_and_buffer_size_are_the_backend_connections() -> None:
+    """The TLS side sizes its reads by what waits for the backend, and sets the limits it uses."""
+    h = Harness()
+    h.pump.set_write_buffer_limits(high=65536, low=0)
+    assert h.pump.get_write_buffer_size() == 0  # no backend yet
+    await h.send(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+    assert h.backend.limits == (65536, 0)
+    assert h.pump.get_write_buffer_size() == len(h.backend.written)

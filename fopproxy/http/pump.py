@@ -163,6 +163,7 @@ class HttpPump(asyncio.Transport):
         self._backend_full = False
         self._client_full = False
         self._input_paused = False
+        self._limits: tuple[int | None, int | None] | None = None
 
     # ---- the transport face: what the TLS connection calls -------------------------------------
 
@@ -226,7 +227,15 @@ class HttpPump(asyncio.Transport):
         self._shut(abort=True)
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        """What waits for the backend: the TLS connection sizes its reads by it."""
+        backend = self.backend
+        return backend.get_write_buffer_size() if backend is not None else 0
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Applied to each backend connection, now and when one is dialled."""
+        self._limits = (high, low)
+        if self.backend is not None:
+            self.backend.set_write_buffer_limits(high, low)
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -317,6 +326,8 @@ class HttpPump(asyncio.Transport):
             return
         self.backend = transport
         self._backend_side = side
+        if self._limits is not None:
+            transport.set_write_buffer_limits(*self._limits)
         if self._client_full:
             transport.pause_reading()
         self._advance()
