@@ -8,9 +8,11 @@ and connections already open keep the context they started with.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import ssl
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from fopproxy.certrules import Evidence, PrivateKey, covers, refusal
 from fopproxy.errors import (
@@ -28,17 +30,8 @@ from fopproxy.errors import (
     CertificateReadError,
 )
 from fopproxy.policy import KeyType, SuiteSelection
+from fopproxy.sources import CertificateSource
 from fopproxy.tls import build_context
-
-
-@dataclass(frozen=True)
-class CertificateSource:
-    """Where one certificate chain and its key live on disk (paths already absolute)."""
-
-    cert: Path
-    key: Path
-    passphrase_file: Path | None = None
-
 
 PEM_BEGIN_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
@@ -124,13 +117,59 @@ class LoadedCertificate:
         return self.names[0] if self.names else self.source.cert.name
 
 
+# A PEM chain of a leaf and a few intermediates is a few KiB; a key less. A file far larger is a
+# mistake (a log, a disk image, a file still growing) and reading it whole would cost its size in
+# RSS, twice over during validation: refuse it before reading.
+MAX_PEM_FILE_BYTES = 1 << 20
+
+
+def read_pem_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_PEM_FILE_BYTES, never blocking.
+
+    A FIFO, a device or a directory is refused from `stat` alone, so nothing waits in `open()`
+    for a writer that never comes; the file is then opened non-blocking and checked again with
+    `fstat` (it may have been swapped in between), and read with a bound in case it grows.
+    OSError for a file that cannot be used, naming it.
+    """
+    _check_regular(path, path.stat())
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _check_regular(path, os.fstat(fd))
+        chunks = []
+        left = MAX_PEM_FILE_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_PEM_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_PEM_FILE_BYTES} bytes", str(path))
+    return data
+
+
+def _check_regular(path: Path, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
+        raise OSError(errno.EINVAL, f"{kind} (a FIFO, device or socket is refused)", str(path))
+    if status.st_size > MAX_PEM_FILE_BYTES:
+        raise OSError(
+            errno.EFBIG,
+            f"{status.st_size} bytes, larger than the {MAX_PEM_FILE_BYTES}-byte limit",
+            str(path),
+        )
+
+
 def read_source(source: CertificateSource) -> tuple[bytes, bytes, bytes | None]:
     """Read cert, key and passphrase bytes; OSError names the file that failed."""
-    cert_pem = source.cert.read_bytes()
-    key_pem = source.key.read_bytes()
+    cert_pem = read_pem_file(source.cert)
+    key_pem = read_pem_file(source.key)
     password = None
     if source.passphrase_file is not None:
-        password = source.passphrase_file.read_bytes().rstrip(b"\r\n")
+        password = read_pem_file(source.passphrase_file).rstrip(b"\r\n")
     return cert_pem, key_pem, password
 
 
@@ -258,6 +297,18 @@ def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
             tmpdir.cleanup()
 
 
+def _session_context(members: Sequence[LoadedCertificate]) -> bytes:
+    """A session id context naming exactly these certificates (and so their names).
+
+    OpenSSL resumes a TLS 1.2 session only where the context it was made under matches, so a
+    session made with one certificate is never resumed on a context serving another.
+    """
+    digest = hashlib.sha256(b"fopproxy session context v1")
+    for cert in members:
+        digest.update(cert.leaf.fingerprint(hashes.SHA256()))
+    return digest.digest()
+
+
 def _group_for(certificates: Sequence[LoadedCertificate], host: str) -> tuple[int, ...]:
     """Indices of the certificates to serve for `host`: the first covering it per key type."""
     chosen: dict[str, int] = {}
@@ -289,6 +340,11 @@ class CertificateSet:
         self._contexts: dict[tuple[int, ...], ssl.SSLContext] = {}
         default_group = _group_for(self.certificates, server_name)
         needs_sni = len(self.certificates) > len({c.key_type for c in self.certificates})
+        # OpenSSL looks a TLS 1.2 session up in the first context's cache, before the SNI
+        # callback switches contexts, and then tells the callback the *session's* name, not the
+        # one the client asked for: a session made with one certificate would be resumed for
+        # another name. Where SNI picks among certificates, resumption is therefore off.
+        self._needs_sni = needs_sni
         candidates = {server_name}
         if needs_sni:
             for cert in self.certificates:
@@ -302,7 +358,6 @@ class CertificateSet:
         # The default context always gets the SNI callback: it records the name for the log line
         # and, where several certificates share a key type, switches to the group for that name.
         self._contexts[default_group] = self._make_context(default_group, with_sni=True)
-        self._needs_sni = needs_sni
         self.context: ssl.SSLContext = self._contexts[default_group]
         self._default_group = default_group
 
@@ -315,7 +370,11 @@ class CertificateSet:
             ]
             try:
                 return build_context(
-                    self.selection, chains, self._on_sni if with_sni else None
+                    self.selection,
+                    chains,
+                    self._on_sni if with_sni else None,
+                    session_context=_session_context(members),
+                    resumption=not (with_sni and self._needs_sni),
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
@@ -333,9 +392,6 @@ class CertificateSet:
             context = self._contexts.get(group)
             if context is not None:
                 ssl_object.context = context
-
-    def earliest_expiry(self) -> datetime:
-        return min(c.not_after for c in self.certificates)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from fopproxy.certs import CertificateSource
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
+from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
 Mode = Literal["tcp", "http"]
@@ -62,6 +62,9 @@ class Timeouts:
     connect: float = 5.0
     idle: float = 300.0
     drain: float = 30.0
+    # A closing connection that cannot deliver what is queued (a peer with a zero window) within
+    # this bound is reset, so it cannot keep its slot and buffers.
+    close: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     server_name = p.typed(top, "server_name", "", _server_name, required=True)
     tls = _parse_tls(p, top.get("tls"), base_dir)
 
-    t = p.mapping(top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain"))
+    t = p.mapping(
+        top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain", "close")
+    )
     defaults = Timeouts()
     timeouts = Timeouts(
         handshake=p.typed(t, "handshake", "timeouts", _seconds, defaults.handshake)
@@ -304,6 +309,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         connect=p.typed(t, "connect", "timeouts", _seconds, defaults.connect) or defaults.connect,
         idle=p.typed(t, "idle", "timeouts", _seconds, defaults.idle) or defaults.idle,
         drain=p.typed(t, "drain", "timeouts", _seconds, defaults.drain) or defaults.drain,
+        close=p.typed(t, "close", "timeouts", _seconds, defaults.close) or defaults.close,
     )
     max_connections = p.typed(top, "max_connections", "", _positive_int(1_000_000), 10000)
     workers = p.typed(top, "workers", "", _workers, 1)

@@ -1,4 +1,5 @@
-"""The compliance profiles: which protocol versions and suites a Card FOP endpoint may offer.
+"""The compliance profiles: which protocol versions, suites and key-exchange groups a Card FOP
+endpoint may offer.
 
 This module is pure data plus the narrowing rule. Nothing in the config can widen a profile:
 a user may only pick a non-empty subset of its suites, and the server-preference order is always
@@ -29,6 +30,10 @@ CARD_FOP_TLS13_SUITES: tuple[str, ...] = (
     "TLS_CHACHA20_POLY1305_SHA256",
 )
 
+# ECDHE over these groups only (OpenSSL names, server preference order), under TLS 1.2 and 1.3
+# alike: no P-521, no X448, and no finite-field groups (ffdhe*), which are not ECDHE at all.
+CARD_FOP_GROUPS: tuple[str, ...] = ("X25519", "P-256", "P-384")
+
 IANA_NAMES: dict[str, str] = {
     "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
@@ -43,13 +48,14 @@ IANA_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Profile:
-    """A named, closed set of protocol versions and suites."""
+    """A named, closed set of protocol versions, suites and key-exchange groups."""
 
     name: str
     minimum_version: ssl.TLSVersion
     maximum_version: ssl.TLSVersion
     tls12_suites: tuple[str, ...]
     tls13_suites: tuple[str, ...]
+    groups: tuple[str, ...] = CARD_FOP_GROUPS
 
     @property
     def all_suites(self) -> tuple[str, ...]:

@@ -1,37 +1,39 @@
-"""The connection pump: TLS over memory BIOs on plain transports, relayed to a plain backend.
+"""The connection pump: TLS (tlspipe.py) on plain transports, relayed to a plain backend.
 
-Why our own TLS layer instead of `create_server(ssl=...)`: asyncio's and uvloop's SSL transports
-close without sending the alert OpenSSL queued (CPython gh-98078), so a TLS 1.1 client would see
-an EOF instead of `protocol_version`. Driving `SSLObject` over `MemoryBIO` ourselves sends every
-alert before the close, answers close_notify, keeps client half-close, and lets us bound the
-per-connection buffers: network reads land in one buffer shared by every connection of the loop,
-and are fed to the BIOs in slices (`SMALL_SLICE`, then `TLS_SLICE` for bulk), so a BIO (which
-never shrinks on its own) stays small however large a burst was; and once a relay has been quiet
-for a sweep, its BIO buffers are freed outright (biomem.py), so an idle connection costs its TLS
-state whatever it carried.
+Network reads land in one buffer shared by every connection of the loop, and are fed to the
+pipe's BIOs in slices (`SMALL_SLICE`, then `TLS_SLICE` for bulk), so a BIO (which never shrinks
+on its own) stays small however large a burst was; once a relay has been quiet for a sweep, its
+BIO buffers are freed outright (native.BioReleaser), so an idle connection costs its TLS state
+whatever it carried. Each read is sized to what the other side can take (`WRITE_HIGH`), so a
+peer that stops reading holds one write buffer, not a whole read.
 
 One connection: accept -> limit check -> handshake (timeout) -> dial backend (timeout) -> relay
-both ways with backpressure -> close both sides -> one log line + stats.
+both ways with backpressure -> close (one method, a CloseReason; a closing client that takes
+nothing is reset after `timeouts.close`) -> one log line + stats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import logging
 import re
 import socket
 import ssl
+import sys
+import termios
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from fopproxy.biomem import bio_releaser
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
+from fopproxy.native import BioReleaser, bio_releaser
+from fopproxy.reasons import CloseReason
 from fopproxy.resources import trim_heap
 from fopproxy.stats import Stats
-from fopproxy.tls import ServerSSLObject
+from fopproxy.tlspipe import BULK_AFTER, SMALL_SLICE, SSL_READ_SIZE, TLS_SLICE, TLSPipe
 
 if TYPE_CHECKING:
     from fopproxy.certs import CertificateSet
@@ -40,17 +42,16 @@ log = logging.getLogger("fopproxy.conn")
 
 # One network read may fill this much; shared by all connections of a loop, never per connection.
 READ_BUFFER_SIZE = 256 * 1024
-# Memory BIOs keep their largest size for the life of the connection, so slice sizes decide the
-# resident size: ciphertext is fed to the incoming BIO, and plaintext given to SSL_write (one
-# record each, drained from the outgoing BIO at once), in slices of SMALL_SLICE until the
-# connection has moved BULK_AFTER bytes that way, then in full 16 KiB records. API-sized
-# exchanges keep ≈5 KiB BIOs; bulk transfers get the fewest records and calls per byte (measured
-# trade-off in docs/PERFORMANCE.md). The same idea as dynamic TLS record sizing.
-SMALL_SLICE = 4 * 1024
-TLS_SLICE = 16 * 1024
-BULK_AFTER = 256 * 1024
-# SSL_read returns at most one record's plaintext; asking for more costs nothing.
-SSL_READ_SIZE = 16 * 1024 + 256
+# Once relaying, a read from one side is sized to the room the other side's write buffer has
+# below its high-water mark WRITE_HIGH (in whole records, at least one), so a peer that stops
+# reading holds at most about WRITE_HIGH plus one record, never a whole 256 KiB read (each
+# buffered byte costs about two in RSS: measured ≈65 KiB per stalled connection with 32 KiB).
+# A client that keeps up leaves its write buffer empty: during bulk transfers the room its
+# kernel send buffer still has is added (a getsockopt and an ioctl per read), so bulk reads
+# stay up to 256 KiB; low-water 0 resumes a paused backend only once the buffer is empty.
+ROOM_STEP = TLS_SLICE
+WRITE_HIGH = 32 * 1024
+_outq = bytearray(4)
 
 HANDSHAKE, CONNECTING, OPEN, CLOSED = range(4)
 # A freed BIO buffer is a few KiB in the middle of the heap; RSS falls only once the heap is
@@ -96,6 +97,43 @@ def classify_connect_error(exc: BaseException) -> str:
     return "other"
 
 
+class _SniDecodeGuard:
+    """Turns CPython's "Exception ignored" report of an undecodable SNI into a flag.
+
+    CPython decodes the ClientHello's server_name as ASCII before calling the SNI callback; on
+    failure it prints a traceback to stderr (per handshake, outside the log) and fails the
+    handshake. That happens inside `do_handshake`, synchronously, so the handshake that raises
+    next is the one that carried the name: it is refused as `invalid_sni` instead.
+    """
+
+    def __init__(self) -> None:
+        self.tripped = False
+        self.previous: Callable[[Any], object] = sys.unraisablehook
+
+    def __call__(self, unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, UnicodeDecodeError) and exc.encoding == "ascii" and isinstance(
+            unraisable.object, bytes
+        ):
+            self.tripped = True
+            return
+        self.previous(unraisable)
+
+    def take(self) -> bool:
+        tripped, self.tripped = self.tripped, False
+        return tripped
+
+
+def _sni_guard() -> _SniDecodeGuard:
+    """The process's guard, installed once as sys.unraisablehook."""
+    hook = sys.unraisablehook
+    if isinstance(hook, _SniDecodeGuard):
+        return hook
+    guard = _SniDecodeGuard()
+    sys.unraisablehook = guard
+    return guard
+
+
 _PLAIN_SNI = re.compile(r"[A-Za-z0-9._*-]{1,253}").fullmatch
 
 
@@ -105,6 +143,21 @@ def _printable_sni(name: str | None) -> str:
     if _PLAIN_SNI(name):  # the usual case, checked in C
         return name
     return "".join(c if c.isalnum() or c in ".-_*" else "?" for c in name[:253])
+
+
+def _room(transport: asyncio.Transport) -> int:
+    """How many ROOM_STEPs the next read for `transport` may be (1 to the whole buffer)."""
+    return max(1, (WRITE_HIGH - transport.get_write_buffer_size()) // ROOM_STEP)
+
+
+def _kernel_queue(sock: Any) -> tuple[int, int]:
+    """(SO_SNDBUF, bytes queued and not yet acknowledged) of a socket; (0, 0) if unknown."""
+    try:
+        sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _outq, True)  # SIOCOUTQ, into _outq
+    except (OSError, AttributeError):
+        return 0, 0
+    return int(sndbuf), int.from_bytes(_outq, sys.byteorder)
 
 
 class Relay:
@@ -135,6 +188,9 @@ class Relay:
         # Before the relay is open, reads are at most one slice: what arrives while the backend
         # is dialled waits in the incoming BIO, which must stay small.
         self.small_buffer = self.buffer[:SMALL_SLICE]
+        # Views of the read buffer in whole ROOM_STEPs: sizing a read allocates nothing.
+        self.sized_buffers = [self.buffer[: max(1, i) * ROOM_STEP]
+                              for i in range(READ_BUFFER_SIZE // ROOM_STEP + 1)]
         # One timer per listener instead of one per connection phase: creating and cancelling a
         # loop timer (a libuv handle) per phase cost more than scanning the open connections.
         self.sweep_interval = min(1.0, max(0.01, min(timeouts.handshake, timeouts.connect,
@@ -142,6 +198,7 @@ class Relay:
         self._sweeper: asyncio.TimerHandle | None = None
         self._next_rejection_log = 0.0
         self.bio_releaser = bio_releaser()
+        self.sni_guard = _sni_guard()
 
     def note_rejected(self, reason: str) -> None:
         """Log shedding at most once a second: a flood must not become a flood of log lines."""
@@ -165,25 +222,8 @@ class Relay:
         releaser = self.bio_releaser
         released = 0
         for conn in list(self.active):
-            state = conn.state
-            if state == OPEN:
-                # Activity is noticed here, from the byte counters, so the relay's hot path
-                # never reads the clock.
-                moved = conn.to_backend + conn.to_client
-                if moved != conn._moved:
-                    conn._moved = moved
-                    conn._last = now
-                    conn._lean = False
-                elif now - conn._last >= idle:
-                    conn._idle_timeout()
-                elif not conn._lean and releaser is not None:
-                    # Quiet for a whole sweep: its BIO buffers (sized by the largest slice,
-                    # record or handshake flight it ever moved) go back until it moves again.
-                    conn._lean = True
-                    if releaser.release(conn._in) | releaser.release(conn._out):
-                        released += 1
-            elif state != CLOSED and now >= conn._deadline:
-                conn._expired()
+            if conn.tick(now, idle, releaser):
+                released += 1
         if released >= TRIM_AFTER_RELEASES:
             trim_heap()
         if self.active:
@@ -209,18 +249,19 @@ class Relay:
             await waiter
 
     def abort_all(self, reason: str) -> None:
+        """Reset every open connection (the drain deadline): `reason` is a CloseReason value."""
+        close_reason = CloseReason(reason)
         for conn in list(self.active):
-            conn.abort(reason)
+            conn.abort(close_reason)
 
 
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
-    __slots__ = ("buffer", "buffer_updated", "conn")
+    __slots__ = ("buffer_updated", "conn")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.buffer = conn.relay.buffer
         # Every backend read goes straight to the connection: one Python frame less per read.
         self.buffer_updated = conn.from_backend  # type: ignore[method-assign]
 
@@ -228,7 +269,7 @@ class BackendProtocol(asyncio.BufferedProtocol):
         self.conn.backend_made(transport)  # type: ignore[arg-type]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
+        return self.conn.backend_read_buffer()
 
     def eof_received(self) -> bool:
         return self.conn.backend_eof()
@@ -244,29 +285,27 @@ class BackendProtocol(asyncio.BufferedProtocol):
 
 
 class ClientConnection(asyncio.BufferedProtocol):
-    """One client: TLS state machine, relay both ways, timers, accounting."""
+    """One client: its transports, state, deadlines and accounting; TLS is its `pipe`."""
 
     __slots__ = (
         "_backend_full",
         "_client_done",
+        "_client_sock",
         "_connect_task",
         "_deadline",
-        "_in",
-        "_in_slice",
+        "_detail",
+        "_kernel_peak",
         "_last",
         "_lean",
         "_moved",
-        "_out",
-        "_out_slice",
         "_peer",
         "_reason",
-        "_ssl",
         "_started",
-        "_tls",
         "_transport",
         "backend",
         "backend_done",
         "cipher",
+        "pipe",
         "relay",
         "state",
         "to_backend",
@@ -283,11 +322,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._client_done = False
         self.backend_done = False
         self._backend_full = False
-        self._reason = "done"
+        self._reason = CloseReason.DONE
+        self._detail: str | None = None
         self.to_backend = 0
         self.to_client = 0
-        self._in_slice = SMALL_SLICE
-        self._out_slice = SMALL_SLICE
+        self._client_sock: Any = None
+        self._kernel_peak = 0
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
@@ -307,22 +347,10 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()  # type: ignore[attr-defined]  # a Transport, see above
             return
         relay.active.add(self)
-        stats.connections_accepted += 1
         stats.connections_active = len(relay.active)
         if relay.log_connections:
             self._peer = transport.get_extra_info("peername")
-        self._in = ssl.MemoryBIO()
-        self._out = ssl.MemoryBIO()
-        ctx = relay.certificates().context
-        # The context's sslobject_class is ServerSSLObject (tls.build_context).
-        ssl_object: ServerSSLObject = ctx.wrap_bio(  # type: ignore[assignment]
-            self._in, self._out, server_side=True
-        )
-        self._ssl = ssl_object
-        # SSLObject.read/write are one-line Python wrappers around the C object's methods (same
-        # signatures); calling those directly saves a Python frame per record. Fall back to the
-        # public object should a CPython ever not have it.
-        self._tls: Any = getattr(ssl_object, "_sslobj", ssl_object)
+        self.pipe = TLSPipe(relay.certificates().context, server_side=True)
         # Durations use a real clock: uvloop's loop.time() is cached per loop pass in whole
         # milliseconds, too coarse for handshake and dial histograms. Deadlines stay on it.
         self._started = perf_counter()
@@ -332,27 +360,50 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         relay = self.relay
-        return relay.buffer if self.state == OPEN else relay.small_buffer
+        if self.state != OPEN:
+            return relay.small_buffer
+        backend = self.backend
+        if backend is None:
+            return relay.small_buffer
+        return relay.sized_buffers[_room(backend)]
+
+    def backend_read_buffer(self) -> memoryview:
+        """A backend read may fill what the client's write buffer can take (see ROOM_STEP)."""
+        transport = self._transport
+        relay = self.relay
+        if transport is None:
+            return relay.small_buffer
+        if self.to_client >= BULK_AFTER and not transport.get_write_buffer_size():
+            # The kernel's free send space, counted only as far as it has been seen to hold:
+            # half of SO_SNDBUF (the kernel counts its bookkeeping in it), or the most it has
+            # held queued at once, less what it holds now.
+            sndbuf, queued = _kernel_queue(self._client_sock)
+            self._kernel_peak = max(self._kernel_peak, queued)
+            free = max(sndbuf >> 1, self._kernel_peak) - queued
+            room = (WRITE_HIGH + max(0, free)) // ROOM_STEP
+            return relay.sized_buffers[min(room, len(relay.sized_buffers) - 1)]
+        return relay.sized_buffers[_room(transport)]
 
     def buffer_updated(self, nbytes: int) -> None:
-        step = self._in_slice
+        pipe = self.pipe
+        step = pipe.in_slice
         if nbytes <= step and self.state == OPEN:  # the hot path: at most a slice, relaying
-            incoming = self._in
+            incoming = pipe.incoming
             incoming.write(self.relay.buffer[:nbytes])
             try:
-                data = self._tls.read(SSL_READ_SIZE)
+                data = pipe.tls.read(SSL_READ_SIZE)
             except ssl.SSLError as exc:
                 self._read_failed(exc)
                 return
             backend = self.backend
-            if data and not incoming.pending and backend is not None and not self._out.pending:
+            if data and not incoming.pending and backend is not None and not pipe.outgoing.pending:
                 # One whole record, the usual request: straight on, no further frame.
                 self.to_backend += len(data)
                 backend.write(data)
                 return
             self._decrypted(data)
             return
-        write = self._in.write
+        write = pipe.incoming.write
         if nbytes <= step:
             write(self.relay.buffer[:nbytes])
             if self.state == HANDSHAKE:  # ClientHello, then the client's second flight
@@ -360,8 +411,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self._advance()
             return
-        if step < TLS_SLICE and self.to_backend >= BULK_AFTER:
-            step = self._in_slice = TLS_SLICE
+        step = pipe.feed_slice(self.to_backend)
         view = self.relay.buffer[:nbytes]
         for offset in range(0, nbytes, step):
             if self.state == CLOSED:
@@ -375,7 +425,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._decrypt_to_backend()
         elif state == HANDSHAKE:
             self._handshake()
-        elif state == CONNECTING and self._in.pending >= SMALL_SLICE and self._transport:
+        elif state == CONNECTING and self.pipe.incoming.pending >= SMALL_SLICE and self._transport:
             # Bytes wait in the incoming BIO until the backend is up; past one slice, stop
             # reading (backend_made resumes). Not pausing for the usual small first request
             # saves two epoll updates per connection.
@@ -399,52 +449,43 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state == HANDSHAKE:
             self._count_handshake_error("client_eof")
-            self._reason = "handshake_error:client_eof"
-        elif exc is not None and self._reason == "done":
-            self._reason = "client_reset"
+            self._reason, self._detail = CloseReason.HANDSHAKE_ERROR, "client_eof"
+        elif exc is not None and self._reason is CloseReason.DONE:
+            self._reason = CloseReason.CLIENT_RESET
         self._finish(abort_backend=exc is not None or not self._client_done)
 
     # ---- handshake -------------------------------------------------------------------------
 
     def _handshake(self) -> None:
+        pipe = self.pipe
         try:
-            self._tls.do_handshake()
-        except ssl.SSLWantReadError:
-            self._flush()
-            return
+            finished = pipe.handshake()
         except ssl.SSLError as exc:
             self._flush()  # the alert OpenSSL produced goes out before the close
-            self._handshake_failed(classify_handshake_error(exc))
+            # The guard is read (and cleared) on every failure; only a failed name callback
+            # that tripped it is an undecodable SNI.
+            bad_name = self.relay.sni_guard.take() and exc.reason == "CALLBACK_FAILED"
+            self._handshake_failed("invalid_sni" if bad_name else classify_handshake_error(exc))
             return
         self._flush()
+        if not finished:
+            return
         relay = self.relay
         stats = relay.stats
-        tls = self._tls
-        self.version = tls.version() or "-"
-        cipher = tls.cipher()
-        self.cipher = cipher[0] if cipher else "-"
+        self.version = pipe.version()
+        self.cipher = pipe.cipher()
         stats.handshakes[(self.version, self.cipher)] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
 
-    def _expired(self) -> None:
-        """The handshake or the backend dial ran past its timeout (called by Relay._sweep)."""
-        if self.state == HANDSHAKE:
-            self._handshake_failed("timeout")
-        elif self.state == CONNECTING and self._connect_task is not None:
-            self._connect_task.cancel()
-
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
 
     def _handshake_failed(self, reason: str) -> None:
         self._count_handshake_error(reason)
-        self._reason = f"handshake_error:{reason}"
-        self.state = CLOSED
-        if self._transport is not None:
-            self._transport.close()
+        self.close(CloseReason.HANDSHAKE_ERROR, reason)
 
     # ---- backend ---------------------------------------------------------------------------
 
@@ -474,12 +515,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         log.warning(
             "backend %s unavailable (%s): %s", self.relay.backend, reason, exc or "timed out"
         )
-        self._reason = f"backend_connect:{reason}"
-        self.state = CLOSED
         # Nothing reached the client yet: close at once, no close_notify (it would read as a
         # clean, empty answer).
-        if self._transport is not None:
-            self._transport.close()
+        self.close(CloseReason.BACKEND_CONNECT, reason)
 
     def backend_made(self, transport: asyncio.Transport) -> None:
         self._connect_task = None
@@ -487,11 +525,15 @@ class ClientConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.backend = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
+        if self._transport is not None:
+            self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
+            self._client_sock = self._transport.get_extra_info("socket")
         self.state = OPEN
         self._last = self.relay.time()
         self._moved = -1
         self._lean = False
-        if self._in.pending:
+        if self.pipe.incoming.pending:
             self._decrypt_to_backend()
         if self.state != OPEN:
             return
@@ -503,35 +545,25 @@ class ClientConnection(asyncio.BufferedProtocol):
     def from_backend(self, nbytes: int) -> None:
         self.to_client += nbytes
         view = self.relay.buffer[:nbytes]
-        write = self._tls.write
-        out = self._out
+        pipe = self.pipe
         transport = self._transport
         assert transport is not None
-        step = self._out_slice
         try:
-            if nbytes <= step:
-                write(view)
-                transport.write(out.read())
+            if nbytes <= pipe.out_slice:
+                pipe.tls.write(view)
+                transport.write(pipe.outgoing.read())
                 return
-            if step < TLS_SLICE and self.to_client >= BULK_AFTER:
-                step = self._out_slice = TLS_SLICE
-            chunks = []
-            offset = 0
-            while offset < nbytes:
-                # SSL_MODE_ENABLE_PARTIAL_WRITE: one record per call, so honour the count.
-                offset += write(view[offset : offset + step])
-                chunks.append(out.read())
-            transport.writelines(chunks)
+            transport.writelines(pipe.encrypt(view, self.to_client))
         except ssl.SSLError as exc:
             log.debug("TLS write failed: %s", exc)
-            self.abort("tls_write_error")
+            self.abort(CloseReason.TLS_WRITE_ERROR)
 
     def backend_eof(self) -> bool:
         """The backend finished its answer: end the client stream with close_notify."""
         self.backend_done = True
         self._send_close_notify()
         if self._client_done:
-            self._close_both()
+            self.close(CloseReason.DONE)
             return False
         return True  # the client may still be sending: keep the backend's write side open
 
@@ -545,20 +577,16 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         if exc is not None:
             # Reset mid-stream: no close_notify, so the client can tell the answer is truncated.
-            self._reason = "backend_reset"
-            self.state = CLOSED
-            if self._transport is not None:
-                self._transport.close()
+            self.close(CloseReason.BACKEND_RESET)
         elif not self.backend_done:
             self.backend_done = True
-            self._send_close_notify()
-            self._close_both()
+            self.close(CloseReason.DONE, notify=True)
 
     # ---- relay -----------------------------------------------------------------------------
 
     def _decrypt_to_backend(self) -> None:
         try:
-            data = self._tls.read(SSL_READ_SIZE)
+            data = self.pipe.tls.read(SSL_READ_SIZE)
         except ssl.SSLError as exc:
             self._read_failed(exc)
             return
@@ -566,26 +594,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def _decrypted(self, data: bytes) -> None:
         """Relay the record just read and every further one the incoming BIO holds."""
-        incoming = self._in
-        read = self._tls.read
-        chunks: list[bytes] = []
-        finished = False
         try:
-            # One SSL_read returns one whole record (SSL_READ_SIZE is above the largest), so
-            # nothing stays buffered inside OpenSSL: an empty incoming BIO means done, without
-            # asking SSL_pending or waiting for SSLWantReadError.
-            while data:
-                chunks.append(data)
-                if not incoming.pending:
-                    break
-                data = read(SSL_READ_SIZE)
-            else:
-                # CPython returns b"" (not SSLZeroReturnError) for a clean close_notify.
-                finished = True
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLZeroReturnError:
-            finished = True
+            chunks, finished = self.pipe.read_records(data)
         except ssl.SSLError as exc:
             self._read_failed(exc)
             return
@@ -598,7 +608,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self.to_backend += sum(map(len, chunks))
                 backend.writelines(chunks)
-        if self._out.pending:
+        if self.pipe.outgoing.pending:
             self._flush()
         if finished:
             self._client_finished()
@@ -606,8 +616,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _read_failed(self, exc: ssl.SSLError) -> None:
         """SSL_read raised: a partial record (wait), close_notify (EOF), or a bad record."""
         if isinstance(exc, ssl.SSLWantReadError | ssl.SSLZeroReturnError):
-            if self._out.pending:
-                self._flush()
+            self._flush()
             if isinstance(exc, ssl.SSLZeroReturnError):
                 self._client_finished()
             return
@@ -615,12 +624,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         # returned, so nothing unauthenticated reaches the backend. Send the alert, close.
         self._flush()
         log.info("TLS error from client %s: %s", self._peer_text(), exc.reason or exc)
-        self._reason = f"tls_error:{(exc.reason or 'other').lower()}"
-        self._close_both(abort_backend=True)
+        self.close(CloseReason.TLS_ERROR, (exc.reason or "other").lower(), reset_backend=True)
 
     def _flush(self) -> None:
-        if self._out.pending and self._transport is not None:
-            self._transport.write(self._out.read())
+        outgoing = self.pipe.outgoing
+        if outgoing.pending and self._transport is not None:
+            self._transport.write(outgoing.read())
 
     def _update_client_reading(self) -> None:
         transport = self._transport
@@ -638,7 +647,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._client_done = True
         if self.state == OPEN:
             if self.backend_done:
-                self._close_both()
+                self.close(CloseReason.DONE)
             else:
                 self._half_close_backend()
 
@@ -650,50 +659,106 @@ class ClientConnection(asyncio.BufferedProtocol):
             backend.close()
 
     def _send_close_notify(self) -> None:
-        try:
-            self._ssl.unwrap()  # once per connection: the public API is worth its frame here
-        except ssl.SSLWantReadError:
-            pass  # close_notify written; the peer's answer is not needed to send ours
-        except (ssl.SSLError, ValueError) as exc:
-            log.debug("close_notify not sent: %s", exc)
-        self._flush()
-        if self._transport is not None and not self._client_done:
-            # TCP FIN after close_notify; keep reading until the client closes its side.
-            self._transport.write_eof()
+        data = self.pipe.close_notify()
+        transport = self._transport
+        if transport is not None:
+            if data:
+                transport.write(data)
+            if not self._client_done:
+                # TCP FIN after close_notify; keep reading until the client closes its side.
+                transport.write_eof()
 
-    # ---- timers and closing ----------------------------------------------------------------
+    # ---- the sweeper's view, and closing ---------------------------------------------------
 
-    def _idle_timeout(self) -> None:
-        """No bytes either way for `timeouts.idle` (called by Relay._sweep)."""
-        self._reason = "idle_timeout"
-        if not self.backend_done:
+    @property
+    def close_reason(self) -> str:
+        """The `reason=` its log line carries (`done` until a close says otherwise)."""
+        return self._reason.text(self._detail)
+
+    def tick(self, now: float, idle: float, releaser: BioReleaser | None) -> bool:
+        """The sweeper's one call: notice activity, enforce the deadline of the current phase
+        (handshake, dial, idle, close), give a quiet relay's BIO buffers back (True if freed)."""
+        if self.state == OPEN:
+            # Activity is noticed here, from the byte counters, so the relay's hot path never
+            # reads the clock.
+            moved = self.to_backend + self.to_client
+            if moved != self._moved:
+                self._moved = moved
+                self._last = now
+                self._lean = False
+            elif now - self._last >= idle:
+                # No bytes either way for `timeouts.idle`.
+                self.close(CloseReason.IDLE_TIMEOUT, notify=not self.backend_done)
+            elif not self._lean and releaser is not None:
+                # Quiet for a whole sweep: its BIO buffers (sized by the largest slice, record
+                # or handshake flight it ever moved) go back until it moves again.
+                self._lean = True
+                return self.pipe.release(releaser)
+        elif now >= self._deadline:
+            self._expired()
+        return False
+
+    def _expired(self) -> None:
+        """The current phase ran past its deadline."""
+        state = self.state
+        if state == CLOSED:
+            # Closing, but the client has not taken what is queued within `timeouts.close`
+            # (a zero window): reset, so that it gives back its slot and buffers. The logged
+            # reason stays the one the close was for.
+            self._release_backend(abort=True)
+            if self._transport is not None:
+                self._transport.abort()
+        elif state == HANDSHAKE:
+            self._handshake_failed("timeout")
+        elif state == CONNECTING and self._connect_task is not None:
+            self._connect_task.cancel()
+
+    def close(
+        self,
+        reason: CloseReason,
+        detail: str | None = None,
+        *,
+        notify: bool = False,
+        reset_backend: bool = False,
+        reset: bool = False,
+    ) -> None:
+        """End the connection, the one way every path takes.
+
+        `notify` sends our close_notify first; `reset_backend` resets the backend (it must not
+        mistake a cut stream for a finished one) instead of closing it; `reset` resets both
+        sides at once. Otherwise the client transport is closed gracefully, with
+        `timeouts.close` to deliver what is queued before it is reset.
+        """
+        self._reason = reason
+        self._detail = detail
+        if notify:
             self._send_close_notify()
-        self._close_both()
-
-    def _close_both(self, *, abort_backend: bool = False) -> None:
+        if reset:
+            self.state = CLOSED
+            if self._connect_task is not None:
+                self._connect_task.cancel()
+            if self.backend is not None:
+                self.backend.abort()
+            if self._transport is not None:
+                self._transport.abort()
+            return
         self.state = CLOSED
-        self._release_backend(abort=abort_backend)
+        relay = self.relay
+        self._deadline = relay.time() + relay.timeouts.close
+        self._release_backend(abort=reset_backend)
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self, reason: CloseReason) -> None:
+        """Drop the connection now (drain deadline, fatal error): both sides reset."""
+        self.close(reason, reset=True)
+
     def _release_backend(self, *, abort: bool) -> None:
-        """Reset the backend (it must not mistake a cut stream for a finished one) or close it."""
         if self.backend is not None:
             if abort:
                 self.backend.abort()
             else:
                 self.backend.close()
-
-    def abort(self, reason: str) -> None:
-        """Drop the connection now (drain deadline, fatal error): both sides reset."""
-        self._reason = reason
-        self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-        if self.backend is not None:
-            self.backend.abort()
-        if self._transport is not None:
-            self._transport.abort()
 
     def _peer_text(self) -> str:
         peer = self._peer
@@ -719,12 +784,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             connection_closed(
                 log,
                 self._peer_text(),
-                _printable_sni(getattr(self._ssl, "sni", None)),
+                _printable_sni(self.pipe.server_name()),
                 self.version,
                 self.cipher,
                 self.to_backend,
                 self.to_client,
                 # Whole microseconds: no float repr (a decimal conversion) per connection.
                 int((perf_counter() - self._started) * 1e6),
-                self._reason,
+                self.close_reason,
             )

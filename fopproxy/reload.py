@@ -24,13 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from fopproxy.certs import (
-    CertificateSet,
-    CertificateSource,
-    Snapshot,
-    build_certificate_set,
-    read_snapshot,
-)
+from fopproxy.certs import CertificateSet, Snapshot, build_certificate_set, read_snapshot
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -39,6 +33,7 @@ from fopproxy.errors import (
     KeyMismatchError,
 )
 from fopproxy.policy import SuiteSelection
+from fopproxy.sources import CertificateSource
 from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.reload")
@@ -84,7 +79,6 @@ class CertificateStore:
         self._failed: str | None = None  # content already counted as a failure
         self._pending: str | None = None  # content in its grace period ...
         self._pending_since = 0.0  # ... since this clock() time
-        self.listeners: list[Callable[[CertificateSet], None]] = []
 
     def get(self) -> CertificateSet:
         return self.current
@@ -114,7 +108,11 @@ class CertificateStore:
         return self._consider(key, snapshot, error, force=force)
 
     def _read(self) -> tuple[str, Snapshot | None, CertificateError | None]:
-        """The content key of the files now: their digest, or what stops them being read."""
+        """The content key of the files now: their digest, or what stops them being read.
+
+        Reading never blocks: a FIFO, a device, a directory or an oversized file is refused
+        before it is read (certs.read_pem_file).
+        """
         try:
             snapshot = read_snapshot(self.sources)
         except CertificateReadError as exc:
@@ -130,6 +128,11 @@ class CertificateStore:
                 new = build_certificate_set(snapshot, self.server_name, self.selection)
             except (CertificateError, ComplianceError) as exc:
                 reason = exc
+            except OSError as exc:
+                # Building contexts needs descriptors (memfd): EMFILE says nothing about the
+                # content, so it is counted but not remembered, and the next check tries again.
+                self.fail_transient(f"cannot build the contexts: {exc}")
+                return False
             else:
                 self._publish(new)
                 return True
@@ -153,6 +156,16 @@ class CertificateStore:
             )
         return now - self._pending_since < self.grace
 
+    def fail_transient(self, reason: object) -> None:
+        """Count and log a failure that is not the content's fault; it is retried next check."""
+        self._pending = None
+        self.stats.reloads["failure"] += 1
+        log.error(
+            "certificate reload failed, still serving the previous certificates; "
+            "retrying at the next check: %s",
+            reason,
+        )
+
     def _fail(self, key: str, reason: Exception) -> None:
         self._pending = None
         self._failed = key
@@ -170,16 +183,24 @@ class CertificateStore:
             "certificates reloaded: %s",
             ", ".join(f"{c.label} serial={c.serial_hex} {c.key_type}" for c in new.certificates),
         )
-        for listener in self.listeners:
-            listener(new)
 
 
 async def watch(store: CertificateStore, interval: float, stop: asyncio.Event) -> None:
-    """Poll the files every `interval` seconds (sooner while they change) until `stop` is set."""
+    """Poll the files every `interval` seconds (sooner while they change) until `stop` is set.
+
+    The watcher must outlive any one bad check: a task that ended on an exception would stop all
+    later rotations silently (asyncio's logger is quiet here) and let certificates expire. So a
+    check that fails in a way nobody foresaw is logged, counted as a failed reload and tried
+    again at the next interval, with the previous certificates still serving.
+    """
     settle = settle_delay(interval)
     delay = interval
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:
-            delay = settle if store.poll() else interval
+            delay = interval
+            try:
+                delay = settle if store.poll() else interval
+            except Exception as exc:  # noqa: BLE001 - the watcher must not die (see docstring)
+                store.fail_transient(f"{type(exc).__name__}: {exc}")

@@ -8,19 +8,18 @@ shedding the rest through the normal, counted `max_connections` path.
 
 Heap: a burst of handshakes (each SSL object holds tens of KiB) leaves glibc's heap fragmented;
 freed memory stays resident after the burst, so RSS ratchets up with every flood. Once a burst
-is over, `malloc_trim(0)` hands the free pages back. It runs only after the open-connection
-count fell to a quarter of its recent peak, so steady load never pays for it.
+is over, `malloc_trim(0)` (bound in native.py) hands the free pages back. It runs only after the
+open-connection count fell to a quarter of its recent peak, so steady load never pays for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import functools
 import logging
 import resource
 from collections.abc import Callable
+
+from fopproxy.native import malloc_trim
 
 log = logging.getLogger("fopproxy.resources")
 
@@ -55,27 +54,9 @@ def connection_capacity(max_connections: int, nofile: int) -> int:
     return max(1, min(max_connections, (nofile - RESERVED_FDS) // FDS_PER_CONNECTION))
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[], None] | None:
-    """glibc's malloc_trim(0), bound once per process; None where there is none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    function = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only (not musl)
-    if function is None:
-        return None
-    function.argtypes = [ctypes.c_size_t]
-    function.restype = ctypes.c_int
-
-    def trim() -> None:
-        function(0)
-
-    return trim
-
-
 def trim_heap() -> None:
     """Hand free heap pages back to the kernel now (where glibc's malloc_trim exists)."""
-    trim = _malloc_trim()
+    trim = malloc_trim()
     if trim is not None:
         trim()
 
@@ -84,7 +65,7 @@ async def release_memory_after_bursts(
     open_connections: Callable[[], int], stop: asyncio.Event
 ) -> None:
     """Until `stop` is set: after a burst of connections has ended, give free heap back."""
-    trim = _malloc_trim()
+    trim = malloc_trim()
     if trim is None:
         return
     peak = 0

@@ -17,6 +17,7 @@ HANDSHAKE_ERROR_REASONS = (
     "client_eof",
     "not_tls",
     "cert_rejected",
+    "invalid_sni",
     "other",
 )
 BACKEND_ERROR_REASONS = ("refused", "timeout", "unreachable", "dns", "reset", "other")
@@ -58,7 +59,6 @@ class Stats:
         "backend_connect_errors",
         "bytes_to_backend",
         "bytes_to_client",
-        "connections_accepted",
         "connections_active",
         "connections_rejected",
         "handshake_duration",
@@ -72,7 +72,6 @@ class Stats:
         self.handshakes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.handshake_errors: defaultdict[str, int] = defaultdict(int)
         self.handshake_duration = Histogram(HANDSHAKE_BUCKETS)
-        self.connections_accepted = 0
         self.connections_active = 0
         self.connections_rejected: defaultdict[str, int] = defaultdict(int)
         self.bytes_to_backend = 0

@@ -7,17 +7,12 @@ OpenSSL that ignores a setting, a CPython whose layout we misread) fails closed 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import ssl
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TypeVar
 
+from fopproxy import native
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
-
-T = TypeVar("T")
 
 # Options that must be on for every context we serve from.
 REQUIRED_OPTIONS = (
@@ -37,90 +32,15 @@ class ServerSSLObject(ssl.SSLObject):
 SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
-class _OpenSSL:
-    """The few libssl functions Python's ssl module does not expose, bound to *its* libssl."""
-
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
-        self.set_ciphersuites = lib.SSL_CTX_set_ciphersuites
-        self.set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        self.set_ciphersuites.restype = ctypes.c_int
-        self.get_options = lib.SSL_CTX_get_options
-        self.get_options.argtypes = [ctypes.c_void_p]
-        self.get_options.restype = ctypes.c_uint64
-        self.ctrl = lib.SSL_CTX_ctrl
-        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        self.ctrl.restype = ctypes.c_long
-
-
-def loaded_library(fragment: str) -> str | None:
-    """Path of the first library mapped into this process whose path contains `fragment`.
-
-    For binding to the very libssl/libcrypto CPython's _ssl module loaded (not whatever ld finds).
-    """
-    try:
-        with Path("/proc/self/maps").open() as maps:
-            for line in maps:
-                fields = line.split()
-                if len(fields) >= 6 and fragment in fields[5]:
-                    return fields[5]
-    except OSError:
-        return None
-    return None
-
-
-def bind_loaded_library(fragment: str, bind: Callable[[str], T]) -> T | None:
-    """`bind(path)` for the loaded library whose path contains `fragment`; None where there is
-    none, or where it cannot be opened or lacks a symbol `bind` looks up."""
-    path = loaded_library(fragment)
-    if path is None:
-        return None
-    try:
-        return bind(path)
-    except (OSError, AttributeError):
-        return None
-
-
-@functools.cache
-def _openssl() -> _OpenSSL | None:
-    """Bind to the libssl that CPython's _ssl module actually loaded."""
-    return bind_loaded_library("/libssl.so", _OpenSSL)
-
-
-def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _OpenSSL) -> int:
-    """Address of the SSL_CTX inside CPython's PySSLContext (first field after PyObject_HEAD).
-
-    This relies on CPython's object layout, so it is checked: the options OpenSSL reports for the
-    pointer must equal the options Python reports for the context, or we refuse to use it.
-    """
-    pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not pointer or lib.get_options(pointer) != ctx.options:
-        raise ComplianceError(
-            "cannot reach this Python's SSL_CTX to restrict TLS 1.3 suites; "
-            "use tls.profile: card-fop (TLS 1.2 only) on this runtime"
-        )
-    return pointer
-
-
 def restrict_tls13_suites(ctx: ssl.SSLContext, suites: Sequence[str]) -> None:
-    """Limit the TLS 1.3 suites of `ctx`; Python has no API for this, so go to libssl directly."""
-    lib = _openssl()
-    if lib is None:
-        raise ComplianceError(
-            "libssl is not visible in this process, so TLS 1.3 suites cannot be restricted; "
-            "use tls.profile: card-fop"
-        )
-    pointer = _ssl_ctx_pointer(ctx, lib)
-    if lib.set_ciphersuites(pointer, ":".join(suites).encode("ascii")) != 1:
-        raise ComplianceError(f"OpenSSL refused TLS 1.3 suites {':'.join(suites)}")
+    """Limit the TLS 1.3 suites of `ctx`; Python has no API for this (native.set_tls13_suites)."""
+    native.set_tls13_suites(ctx, suites)
 
 
 # OpenSSL keeps every cleanly closed TLS 1.2 session in the server's session-ID cache (about
 # 1 KiB each) until it expires: 20,480 of them by default, so a worker's RSS climbed by ~20 MiB
 # under steady traffic. An explicit, small bound keeps resumption for recent clients for ~1 MiB.
 SESSION_CACHE_SIZE = 1024
-_SSL_CTRL_SET_SESS_CACHE_SIZE = 42
-_SSL_CTRL_GET_SESS_CACHE_SIZE = 43
 
 
 def limit_session_cache(ctx: ssl.SSLContext, size: int = SESSION_CACHE_SIZE) -> int | None:
@@ -128,15 +48,15 @@ def limit_session_cache(ctx: ssl.SSLContext, size: int = SESSION_CACHE_SIZE) -> 
 
     Best effort: it bounds memory, not the policy, so an unusual runtime keeps OpenSSL's default.
     """
-    lib = _openssl()
-    if lib is None:
-        return None
-    try:
-        pointer = _ssl_ctx_pointer(ctx, lib)
-    except ComplianceError:
-        return None
-    lib.ctrl(pointer, _SSL_CTRL_SET_SESS_CACHE_SIZE, size, None)
-    return int(lib.ctrl(pointer, _SSL_CTRL_GET_SESS_CACHE_SIZE, 0, None))
+    return native.set_session_cache_size(ctx, size)
+
+
+def agreed_groups(ctx: ssl.SSLContext) -> dict[str, tuple[str, ...]]:
+    """The key-exchange groups the context would agree to, per protocol version it serves."""
+    versions = [("TLSv1.2", ssl.TLSVersion.TLSv1_2)]
+    if ctx.maximum_version >= ssl.TLSVersion.TLSv1_3:
+        versions.append(("TLSv1.3", ssl.TLSVersion.TLSv1_3))
+    return {name: native.shared_groups(ctx, version) for name, version in versions}
 
 
 def offered_suites(ctx: ssl.SSLContext) -> tuple[list[str], list[str]]:
@@ -167,21 +87,34 @@ def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
     missing = REQUIRED_OPTIONS & ~ctx.options
     if missing:
         raise ComplianceError(f"required TLS options are off: {ssl.Options(missing)!r}")
+    expected = set(selection.profile.groups)
+    for version, groups in agreed_groups(ctx).items():
+        if set(groups) != expected:
+            raise ComplianceError(
+                f"OpenSSL would agree key-exchange groups {list(groups)} under {version}, "
+                f"expected {list(selection.profile.groups)}"
+            )
 
 
 def build_context(
     selection: SuiteSelection,
     chains: Sequence[tuple[str, str, bytes | None]],
     sni_callback: SniCallback | None = None,
+    *,
+    session_context: bytes | None = None,
+    resumption: bool = True,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
     Several chains on one context serve RSA and ECDSA side by side: OpenSSL picks the certificate
-    that fits the suite it negotiates. OpenSSL's default groups stay (X25519, P-256, P-384, ...):
-    narrowing them with set_ecdh_curve locks out clients that offer only one other group.
+    that fits the suite it negotiates. Groups are the profile's (X25519, P-256, P-384), set
+    through libssl after the context exists, so an OPENSSL_CONF system default cannot widen them
+    (Python's set_ecdh_curve takes one curve, and no group list at all).
     Resumption: stateless tickets are off (their keys would never rotate and, with several
     workers, differ per process); the per-process session-ID cache stays, so resumption is an
-    optimisation that may miss, never a requirement.
+    optimisation that may miss, never a requirement. `session_context` names the certificates
+    served, so a session is only resumed by a context serving the same ones; `resumption=False`
+    turns the cache off (see CertificateSet).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = selection.profile.minimum_version
@@ -189,10 +122,15 @@ def build_context(
     ctx.options |= REQUIRED_OPTIONS
     ctx.num_tickets = 0
     limit_session_cache(ctx)
+    if session_context is not None:
+        native.set_session_id_context(ctx, session_context)
+    if not resumption:
+        native.disable_session_cache(ctx)
     ctx.sslobject_class = ServerSSLObject
     ctx.set_ciphers(":".join(selection.tls12))
     if selection.profile.maximum_version >= ssl.TLSVersion.TLSv1_3:
         restrict_tls13_suites(ctx, selection.tls13)
+    native.set_groups(ctx, selection.profile.groups)
     for cert, key, password in chains:
         ctx.load_cert_chain(cert, key, password)
     if sni_callback is not None:

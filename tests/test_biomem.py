@@ -1,4 +1,4 @@
-"""biomem: freeing an empty memory BIO's buffer, checked on real OpenSSL objects."""
+"""native.BioReleaser: freeing an empty memory BIO's buffer, checked on real OpenSSL objects."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import ssl
 
 import pytest
 
-from fopproxy import biomem, tls
-from fopproxy.biomem import BioReleaser, bio_releaser
+from fopproxy import native
+from fopproxy.native import BioReleaser, bio_releaser
 from tests.conftest import TLSFiles
 from tests.support.memtls import handshake_in_memory
 
@@ -69,10 +69,10 @@ def test_tls_session_survives_releases_between_records(
 
 
 def test_no_libcrypto_in_reach_means_no_releaser(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls, "loaded_library", lambda fragment: None)
-    biomem.bio_releaser.cache_clear()
+    monkeypatch.setattr(native, "loaded_library", lambda fragment: None)
+    native.bio_releaser.cache_clear()
     try:
-        assert biomem.bio_releaser() is None
+        assert native.bio_releaser() is None
     finally:
         monkeypatch.undo()
-        biomem.bio_releaser.cache_clear()
+        native.bio_releaser.cache_clear()

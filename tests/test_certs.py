@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -239,3 +240,20 @@ def test_validation_never_searches_the_root_store(ca: CA, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(certrules, "mozilla_roots", no_bundle)
     _validate(*_pems(ca, [HOST]))
+
+
+def test_pem_files_that_are_not_regular_or_too_big_are_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO (no writer: open() would block), a directory and a 1 MiB + 1 file: OSError at once."""
+    from fopproxy.certs import MAX_PEM_FILE_BYTES, read_pem_file
+
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.pem"
+    big.write_bytes(b"A" * (MAX_PEM_FILE_BYTES + 1))
+    for path, message in ((fifo, "not a regular file"), (tmp_path, "a directory"), (big, "larger than")):
+        with pytest.raises(OSError, match=message):
+            read_pem_file(path)
+    assert MAX_PEM_FILE_BYTES == 1 << 20
+    small = tmp_path / "ok.pem"
+    small.write_bytes(b"x" * 100)
+    assert read_pem_file(small) == b"x" * 100

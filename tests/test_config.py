@@ -53,7 +53,7 @@ def test_defaults() -> None:
 
 def test_unknown_key_is_named_with_its_path() -> None:
     assert _problems(_base(timeouts={"idel": 3})) == [
-        "timeouts.idel: unknown key (allowed here: handshake, connect, idle, drain)"
+        "timeouts.idel: unknown key (allowed here: handshake, connect, idle, drain, close)"
     ]
 
 

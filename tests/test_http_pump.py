@@ -19,6 +19,7 @@ class FakeClient:
         self.received = bytearray()
         self.paused = False
         self.finished: tuple[bool, str] | None = None
+        self.buffer = memoryview(bytearray(4096))
 
     def send(self, data: bytes | memoryview) -> None:
         assert self.finished is None, "sent after finish"
@@ -30,6 +31,9 @@ class FakeClient:
     def finish(self, *, clean: bool, reason: str) -> None:
         assert self.finished is None
         self.finished = (clean, reason)
+
+    def read_buffer(self) -> memoryview:
+        return self.buffer
 
 
 class FakeBackend(asyncio.Transport):
@@ -93,7 +97,6 @@ class Harness:
             forwarded=True,
             stats=self.stats,
             log_requests=True,
-            buffer=memoryview(bytearray(4096)),
             connect_failed=self.dial_failures.append,
         )
         self.client = FakeClient()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
@@ -24,8 +25,11 @@ from fopproxy.metrics.collector import make_registry
 from fopproxy.metrics.http import MetricsHTTPProtocol, respond
 from fopproxy.metrics.snapshot import MetricsSnapshot, take_snapshot
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
+from fopproxy.reasons import CloseReason
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
 from tests.conftest import SERVER_NAME, TLSFiles
+from tests.support.backends import ThreadedBackend
+from tests.support.memtls import opened_connection
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -37,14 +41,6 @@ def parse(text: bytes) -> Samples:
         for family in text_string_to_metric_families(text.decode())
         for s in family.samples
     }
-
-
-class FakeConnection:
-    """Stands in for an open ClientConnection: only its byte counts matter to a snapshot."""
-
-    def __init__(self, to_backend: int, to_client: int) -> None:
-        self.to_backend = to_backend
-        self.to_client = to_client
 
 
 def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = None, ready: bool = True) -> Any:
@@ -139,21 +135,25 @@ def test_histogram_buckets_are_cumulative_with_inf_and_sum(tls_files: TLSFiles) 
     assert len(bounds) == len(HANDSHAKE_BUCKETS) + 1
 
 
-def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TLSFiles) -> None:
-    """In-flight bytes are included; when the connection closes its bytes move into Stats unchanged."""
-    stats = Stats()
-    stats.bytes_to_backend = 10
-    conn = FakeConnection(to_backend=500, to_client=700)
-    active = {conn}
-    worker = fake_worker(tls_files, stats, active)
+async def test_open_connections_bytes_count_and_never_step_back_on_close(tls_files: TLSFiles, echo_backend: ThreadedBackend) -> None:
+    """In-flight bytes are included; when the real connection closes its bytes move into Stats unchanged."""
+    relay, conn, client = await opened_connection(tls_files, echo_backend)
+    relay.stats.bytes_to_backend = 10
+    payload = os.urandom(50_000)
+    client.send(payload)
+    for _ in range(500):
+        if conn.to_client >= len(payload):
+            break
+        await asyncio.sleep(0.01)
+    worker = fake_worker(tls_files, relay.stats, relay.active)
     during = take_snapshot(worker, 0.0)
-    assert (during.bytes_to_backend, during.bytes_to_client) == (510, 700)
-    # What relay._finish does, in one callback: add to Stats, forget the connection.
-    stats.bytes_to_backend += conn.to_backend
-    stats.bytes_to_client += conn.to_client
-    active.clear()
+    assert (during.bytes_to_backend, during.bytes_to_client) == (10 + len(payload), len(payload))
+    conn.close(CloseReason.IDLE_TIMEOUT)  # the close path the sweeper takes, then the transport's
+    conn.connection_lost(None)
+    assert not relay.active
     after = take_snapshot(worker, 0.0)
-    assert (after.bytes_to_backend, after.bytes_to_client) == (510, 700)
+    assert (after.bytes_to_backend, after.bytes_to_client) == (10 + len(payload), len(payload))
+    assert after.connections_active == 0
 
 
 def test_snapshot_json_round_trip_and_sum(tls_files: TLSFiles) -> None:

@@ -6,9 +6,16 @@ import ssl
 
 import pytest
 
+from fopproxy import native
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES, PROFILES, select_suites
-from fopproxy.tls import REQUIRED_OPTIONS, build_context, offered_suites, verify_context
+from fopproxy.tls import (
+    REQUIRED_OPTIONS,
+    agreed_groups,
+    build_context,
+    offered_suites,
+    verify_context,
+)
 
 
 def test_card_fop_context_offers_exactly_the_six_suites_in_order() -> None:
@@ -64,3 +71,22 @@ def test_selection_never_widens() -> None:
         select_suites(PROFILES["card-fop-tls13"], ("TLS_AES_128_GCM_SHA256",))
     selection = select_suites(PROFILES["card-fop"], ("ECDHE-ECDSA-AES128-SHA256",))
     assert selection.key_types == frozenset({"ecdsa"})
+
+
+@pytest.mark.parametrize("profile", ["card-fop", "card-fop-tls13"])
+def test_groups_are_pinned_under_every_version_served(profile: str) -> None:
+    """OpenSSL, asked what it would share with a client offering every group, names only three."""
+    ctx = build_context(select_suites(PROFILES[profile], ()), [])
+    agreed = agreed_groups(ctx)
+    assert set(agreed) == ({"TLSv1.2", "TLSv1.3"} if profile == "card-fop-tls13" else {"TLSv1.2"})
+    for groups in agreed.values():
+        assert set(groups) == {"X25519", "P-256", "P-384"}
+
+
+def test_verify_context_fails_closed_on_widened_groups() -> None:
+    """A context whose groups someone widened (P-521 added) is refused, not served."""
+    selection = select_suites(PROFILES["card-fop-tls13"], ())
+    ctx = build_context(selection, [])
+    native.set_groups(ctx, ["X25519", "P-256", "P-384", "P-521"])
+    with pytest.raises(ComplianceError, match="key-exchange groups"):
+        verify_context(ctx, selection)

@@ -16,7 +16,6 @@ from pathlib import Path
 from fopproxy.certrules import judge, refusal_among
 from fopproxy.certs import (
     CertificateSet,
-    CertificateSource,
     LoadedCertificate,
     certificate_evidence,
     entry_error,
@@ -33,8 +32,10 @@ from fopproxy.errors import (
     ComplianceError,
     FopproxyError,
 )
+from fopproxy.native import status as native_status
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, IANA_NAMES, SuiteSelection, suite_key_type
-from fopproxy.tls import build_context, offered_suites
+from fopproxy.sources import CertificateSource
+from fopproxy.tls import agreed_groups, build_context, offered_suites
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,15 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
             certificates.append({"role": subject, "cert": str(source.cert), **entry.described})
     report.add(_coverage_result(selection, key_types))
     report.add(_startup_result(config, judged))
+    native = native_status()
+    report.add(
+        Result("startup", "runtime", "PASS", "; ".join(f"{k}: {v}" for k, v in native.items()))
+    )
     report.facts = {
         "tls12_suites": list(selection.tls12),
         "tls13_suites": list(selection.tls13) if _serves_tls13(selection) else [],
+        "groups": list(selection.profile.groups),
+        "native": native,
         "certificates": certificates,
     }
     return report
@@ -125,14 +132,19 @@ def _policy_results(selection: SuiteSelection) -> list[Result]:
         )
     )
     non_ecdhe = [s for s in tls12 if not s.startswith("ECDHE-")]
+    groups = agreed_groups(context)
+    wider = sorted({g for agreed in groups.values() for g in agreed} - set(profile.groups))
+    shown = "; ".join(f"{v}: {', '.join(g) or 'none'}" for v, g in groups.items())
     results.append(
         Result(
             "key_exchange",
             "config",
-            "FAIL" if non_ecdhe else "PASS",
+            "FAIL" if non_ecdhe or wider else "PASS",
             f"non-ECDHE suites: {', '.join(non_ecdhe)}"
             if non_ecdhe
-            else "every suite is ECDHE; groups: OpenSSL defaults (X25519, P-256, P-384, ...)",
+            else f"every suite is ECDHE; groups {shown}"
+            + (f" (outside X25519, P-256, P-384: {', '.join(wider)})" if wider else ""),
+            {"groups": {v: list(g) for v, g in groups.items()}},
         )
     )
     if _serves_tls13(selection):

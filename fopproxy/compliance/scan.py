@@ -25,8 +25,8 @@ from cryptography import x509
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, Status, certificate_results, describe_certificate
 from fopproxy.errors import ComplianceError, FopproxyError
-from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
-from fopproxy.tls import restrict_tls13_suites
+from fopproxy.native import set_groups, set_tls13_suites, unverified_chain
+from fopproxy.policy import CARD_FOP_GROUPS, CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
 
 # `@SECLEVEL=0`: at OpenSSL 3's default level a client cannot even offer TLS 1.0/1.1 or SHA-1
 # suites, and a scanner that cannot offer something cannot tell whether the server accepts it.
@@ -60,6 +60,15 @@ VERSIONS: tuple[tuple[Version, ssl.TLSVersion | None], ...] = (
     ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
 )
 LEGACY: frozenset[str] = frozenset({"SSLv2", "SSLv3", "TLSv1", "TLSv1.1"})
+# Groups offered one at a time per version: the allowed three, and those a server is likely to
+# agree beyond them (OpenSSL's defaults P-521 and X448, finite-field DH under TLS 1.3, and the
+# curves some stacks still enable for TLS 1.2). One the local OpenSSL lacks is reported untested.
+GROUP_PROBES: dict[Version, tuple[str, ...]] = {
+    "TLSv1.2": ("X25519", "P-256", "P-384", "P-521", "X448", "brainpoolP256r1",
+                "brainpoolP384r1", "brainpoolP512r1", "secp256k1"),
+    "TLSv1.3": ("X25519", "P-256", "P-384", "P-521", "X448", "ffdhe2048", "ffdhe3072",
+                "ffdhe4096", "ffdhe6144", "ffdhe8192"),
+}  # fmt: skip
 
 
 class ScanError(FopproxyError):
@@ -120,24 +129,8 @@ def _client(
     ctx.maximum_version = high
     ctx.set_ciphers(ciphers)
     if tls13 is not None:
-        restrict_tls13_suites(ctx, tls13)
+        set_tls13_suites(ctx, tls13)
     return ctx
-
-
-def _chain_der(tls: ssl.SSLSocket) -> tuple[bytes, ...]:
-    """Every certificate the server sent, leaf first.
-
-    Python 3.13 has SSLSocket.get_unverified_chain(); 3.10-3.12 have the same method only on the
-    internal `_sslobj`. Without either, the leaf alone is returned (the chain rules then see it).
-    """
-    getter: Any = getattr(tls, "get_unverified_chain", None) or getattr(
-        getattr(tls, "_sslobj", None), "get_unverified_chain", None
-    )
-    if getter is not None:
-        chain = getter() or []
-        return tuple(c.public_bytes(ssl._ssl.ENCODING_DER) for c in chain)  # type: ignore[attr-defined]
-    leaf = tls.getpeercert(binary_form=True)
-    return (leaf,) if leaf else ()
 
 
 def handshake(target: Target, ctx: ssl.SSLContext) -> Probe:
@@ -165,7 +158,7 @@ def _handshake_once(target: Target, ctx: ssl.SSLContext) -> Probe:
                 "accepted",
                 version=tls.version(),
                 cipher=cipher[0] if cipher else None,
-                chain=_chain_der(tls),
+                chain=unverified_chain(tls),
             )
     except OSError as exc:  # ssl.SSLError is an OSError too
         return _failure(exc, target.timeout)
@@ -230,6 +223,22 @@ def _tls13_probe(target: Target, suite: str) -> Probe:
     return probe
 
 
+def _group_probe(target: Target, name: Version, group: str) -> Probe:
+    """Offer only `group` (and, under TLS 1.2, only ECDHE suites): success means it was agreed."""
+    if name == "TLSv1.2":
+        ctx = _client(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2, "kECDHE:@SECLEVEL=0")
+    else:
+        ctx = _client(ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3)
+    try:
+        set_groups(ctx, [group])
+    except ComplianceError as exc:
+        return Probe("untested", f"the local OpenSSL cannot offer {group} ({exc})")
+    probe = handshake(target, ctx)
+    if probe.state == "accepted" and probe.version != name:
+        return Probe("refused", f"answered with {probe.version}")
+    return probe
+
+
 def _server_order(target: Target, accepted: list[str]) -> tuple[bool | None, list[str]]:
     """(does the server choose?, its order found by elimination)."""
     if len(accepted) < 2:
@@ -279,6 +288,10 @@ def _hostname_probe(target: Target) -> Probe:
     if target.cafile is not None:
         ctx.load_verify_locations(cafile=str(target.cafile))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Python 3.13's default context adds X509_STRICT (which refuses a leaf without an Authority
+    # Key Identifier) and PARTIAL_CHAIN; 3.11 and 3.12 set neither. One verdict on every Python:
+    # the chain and the name, as before; RFC 5280 details are the certificate rules' business.
+    ctx.verify_flags &= ~(ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
     named = Target(
         target.host, target.port, target.sni or target.host, target.cafile, target.timeout
     )
@@ -311,9 +324,15 @@ def scan(target: Target) -> Report:
             c["name"]: pool.submit(_suite_probe, target, c["name"]) for c in candidates
         }
         tls13_futures = {s: pool.submit(_tls13_probe, target, s) for s in TLS13_SUITES}
+        group_futures = {
+            (name, group): pool.submit(_group_probe, target, name, group)
+            for name, groups in GROUP_PROBES.items()
+            for group in groups
+        }
         versions = {name: f.result() for name, f in version_futures.items()}
         suites = {name: f.result() for name, f in suite_futures.items()}
         tls13 = {name: f.result() for name, f in tls13_futures.items()}
+        groups = {key: f.result() for key, f in group_futures.items()}
     accepted12 = [name for name, p in suites.items() if p.state == "accepted"]
     tls13_on = versions["TLSv1.3"].state == "accepted"
     accepted13 = [name for name, p in tls13.items() if p.state == "accepted"] if tls13_on else []
@@ -323,6 +342,8 @@ def scan(target: Target) -> Report:
     report.add(*_suite_results(accepted12, candidates))
     report.add(_tls13_result(tls13_on, accepted13, tls13))
     report.add(_preference_result(prefers, order))
+    served_versions = [v for v in GROUP_PROBES if versions[v].state == "accepted"]
+    report.add(*(_group_result(v, groups) for v in served_versions))
     served = _served_chains(target, versions["TLSv1.2"].state == "accepted")
     certificates: list[dict[str, object]] = []
     for label, der_chain in served:
@@ -346,6 +367,13 @@ def scan(target: Target) -> Report:
         else [],
         "server_preference": prefers,
         "server_order": order,
+        "groups_accepted": {
+            v: [g for (name, g), p in groups.items() if name == v and p.state == "accepted"]
+            for v in served_versions
+        },
+        "groups_untested": sorted(
+            {g for (v, g), p in groups.items() if v in served_versions and p.state == "untested"}
+        ),
         "certificates": certificates,
     }
     return report
@@ -447,6 +475,25 @@ def _tls13_result(enabled: bool, accepted: list[str], probes: dict[str, Probe]) 
             f"{detail} (outside TLS_AES_128_GCM_SHA256, TLS_CHACHA20_POLY1305_SHA256)",
         )
     return Result("suites.tls13", "TLS 1.3 suites", "PASS", detail)
+
+
+def _group_result(version: Version, probes: dict[tuple[Version, str], Probe]) -> Result:
+    """`key_exchange` for one version: FAIL when any group outside the three was agreed."""
+    mine = {group: p for (name, group), p in probes.items() if name == version}
+    agreed = [g for g, p in mine.items() if p.state == "accepted"]
+    untested = [g for g, p in mine.items() if p.state == "untested"]
+    outside = [g for g in agreed if g not in CARD_FOP_GROUPS]
+    subject = f"{version.replace('v', ' ')} groups"
+    detail = f"agreed one at a time: {', '.join(agreed) or 'none'}"
+    if untested:
+        detail += f"; not tested: {', '.join(untested)}"
+    if outside:
+        return Result(
+            "key_exchange", subject, "FAIL", f"{detail} (outside X25519, P-256, P-384)"
+        )
+    if not agreed:
+        return Result("key_exchange", subject, "FAIL", f"{detail}: no allowed group agreed")
+    return Result("key_exchange", subject, "PASS", detail)
 
 
 def _preference_result(prefers: bool | None, order: list[str]) -> Result:

@@ -17,15 +17,8 @@ from fopproxy.config import HttpConfig, TcpAddress, UnixAddress
 from fopproxy.http.clientcert import chain_of, client_cert_headers, subject_of
 from fopproxy.http.pump import HttpPump, PumpSettings
 from fopproxy.http.stats import HttpStats
-from fopproxy.relay import (
-    BULK_AFTER,
-    CLOSED,
-    OPEN,
-    TLS_SLICE,
-    ClientConnection,
-    Relay,
-    classify_connect_error,
-)
+from fopproxy.reasons import CloseReason
+from fopproxy.relay import CLOSED, OPEN, ClientConnection, Relay, classify_connect_error
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,7 +69,6 @@ class HttpRelay(Relay):
             forwarded=http.forwarded,
             stats=http_stats,
             log_requests=log_requests,
-            buffer=memoryview(bytearray(256 * 1024)),
             connect_failed=self._connect_failed,
         )
 
@@ -124,7 +116,7 @@ class HttpClientConnection(ClientConnection):
         client_text, client_host = _client_text(
             transport.get_extra_info("peername") if transport is not None else None
         )
-        chain = chain_of(self._ssl)
+        chain = chain_of(self.pipe.ssl)
         pump = HttpPump(
             relay.pump_settings,
             self,
@@ -138,38 +130,30 @@ class HttpClientConnection(ClientConnection):
     # ---- ClientSide ------------------------------------------------------------------------------
 
     def send(self, data: bytes | memoryview) -> None:
-        """Plaintext to the client, in the record sizes from_backend uses (see relay.py)."""
+        """Plaintext to the client, in the record sizes from_backend uses (tlspipe.py)."""
         transport = self._transport
         if transport is None or self.state != OPEN:
             return
-        nbytes = len(data)
-        self.to_client += nbytes
-        write = self._tls.write
-        out = self._out
-        step = self._out_slice
+        self.to_client += len(data)
+        pipe = self.pipe
         try:
-            if nbytes <= step:
-                write(data)
-                transport.write(out.read())
+            if len(data) <= pipe.out_slice:
+                pipe.tls.write(data)
+                transport.write(pipe.outgoing.read())
                 return
-            if step < TLS_SLICE and self.to_client >= BULK_AFTER:
-                step = self._out_slice = TLS_SLICE
-            view = memoryview(data)
-            chunks = []
-            offset = 0
-            while offset < nbytes:
-                offset += write(view[offset : offset + step])
-                chunks.append(out.read())
-            transport.writelines(chunks)
+            transport.writelines(pipe.encrypt(memoryview(data), self.to_client))
         except ssl.SSLError as exc:
             log.debug("TLS write failed: %s", exc)
-            self.abort("tls_write_error")
+            self.abort(CloseReason.TLS_WRITE_ERROR)
 
     def pause_input(self, paused: bool) -> None:
         self.backend_full(paused)
 
+    def read_buffer(self) -> memoryview:
+        return self.backend_read_buffer()
+
     def finish(self, *, clean: bool, reason: str) -> None:
-        self._reason = reason
+        """`reason` is the pump's (logged per request); the connection's own stays tcp mode's."""
         if clean:
             self.backend_eof()  # close_notify and FIN; closed at once if the client is done
             if self.state != CLOSED:
@@ -177,17 +161,27 @@ class HttpClientConnection(ClientConnection):
                 # out: give it LINGER seconds to read the answer and close, then close.
                 self.relay.loop.call_later(LINGER, self._linger_over)
         else:
-            self._close_both(abort_backend=True)
+            # Cut without close_notify: the client sees the answer as truncated.
+            self.close(CloseReason.BACKEND_RESET, reset_backend=True)
 
     def _linger_over(self) -> None:
         if self.state != CLOSED:
-            self._close_both()
+            self.close(CloseReason.DONE)
 
-    def _idle_timeout(self) -> None:
+    def close(
+        self,
+        reason: CloseReason,
+        detail: str | None = None,
+        *,
+        notify: bool = False,
+        reset_backend: bool = False,
+        reset: bool = False,
+    ) -> None:
+        """tcp mode's one close path, except that an idle timeout asks the pump first."""
         pump = self.backend
-        if isinstance(pump, HttpPump) and not pump.closed:
+        if reason is CloseReason.IDLE_TIMEOUT and isinstance(pump, HttpPump) and not pump.closed:
             # 504 for a request still waiting, else close_notify; a client that still lingers
-            # a whole idle period later is closed by tcp mode's rule below.
+            # a whole idle period later is closed by tcp mode's rule.
             pump.idle()
             return
-        super()._idle_timeout()
+        super().close(reason, detail, notify=notify, reset_backend=reset_backend, reset=reset)

@@ -51,6 +51,10 @@ class ClientSide(Protocol):
         """Stop (True) or resume (False) reading from the client."""
         ...
 
+    def read_buffer(self) -> memoryview:
+        """Where the next backend read lands: sized to what the client can take now."""
+        ...
+
     def finish(self, *, clean: bool, reason: str) -> None:
         """End the client connection: close_notify first when `clean`, a cut otherwise."""
         ...
@@ -60,7 +64,6 @@ class PumpSettings:
     """What every pump of a listener shares (built once per worker)."""
 
     __slots__ = (
-        "buffer",
         "connect",
         "connect_failed",
         "connect_timeout",
@@ -79,7 +82,6 @@ class PumpSettings:
         forwarded: bool,
         stats: HttpStats,
         log_requests: bool,
-        buffer: memoryview,
         connect_failed: Callable[[BaseException], None],
     ) -> None:
         self.connect = connect
@@ -88,24 +90,26 @@ class PumpSettings:
         self.forwarded = forwarded
         self.stats = stats
         self.log_requests = log_requests
-        self.buffer = buffer  # backend reads land here (shared by a loop's connections)
         self.connect_failed = connect_failed  # counts and logs a failed dial (tcp mode's counters)
 
 
 class BackendSide(asyncio.BufferedProtocol):
     """The backend connection's protocol: every event goes to its pump."""
 
-    __slots__ = ("buffer", "pump")
+    __slots__ = ("buffer", "pump", "read_buffer")
 
     def __init__(self, pump: HttpPump) -> None:
         self.pump = pump
-        self.buffer = pump.settings.buffer
+        self.read_buffer = pump.client.read_buffer
+        self.buffer = self.read_buffer()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.pump.backend_made(transport, self)  # type: ignore[arg-type]  # a stream's
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer
+        # Like tcp mode's backend reads: no more than the client's side can take now.
+        self.buffer = buffer = self.read_buffer()
+        return buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self.pump.backend_data(self.buffer[:nbytes])

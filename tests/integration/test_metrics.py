@@ -147,7 +147,7 @@ def assert_traffic_counts(samples: Samples, tls_files: TLSFiles, sent: int, erro
         frozenset({("version", "TLSv1.2"), ("cipher", suite)}): float(count) for suite, count in SUITES.items()
     }
     handshake_errors = {dict(labels)["reason"]: v for labels, v in labelled(samples, "fopproxy_tls_handshake_errors_total").items()}
-    expected_errors = dict.fromkeys(("unsupported_protocol", "no_shared_cipher", "timeout", "client_eof", "not_tls", "cert_rejected", "other"), 0.0)
+    expected_errors = dict.fromkeys(("unsupported_protocol", "no_shared_cipher", "timeout", "client_eof", "not_tls", "cert_rejected", "invalid_sni", "other"), 0.0)
     expected_errors.update({reason: float(n) for reason, n in errors.items()})
     assert handshake_errors == expected_errors
     good = sum(SUITES.values())
@@ -179,7 +179,7 @@ def test_one_scrape_shows_exactly_the_traffic_produced(tmp_path: Path, proxy_con
         _, before = scrape(port)
         # Every reason is there at 0 before the first error, so alerts have a series to watch.
         assert all(v == 0 for v in labelled(before, "fopproxy_tls_handshake_errors_total").values())
-        assert len(labelled(before, "fopproxy_tls_handshake_errors_total")) == 7
+        assert len(labelled(before, "fopproxy_tls_handshake_errors_total")) == 8
         sent = good_handshakes(proxy, tls_files)
         errors = failed_handshakes(proxy)
         body, samples = settled_scrape(port)

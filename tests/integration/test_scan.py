@@ -81,6 +81,7 @@ def test_compliant_nginx_passes(nginx: Callable[..., Nginx], tls_files: TLSFiles
     assert report["facts"]["server_order"] == list(CARD_FOP_TLS12_SUITES)
     assert statuses(report, "hostname_verification") == {SERVER_NAME: "PASS"}
     assert [c["key"] for c in report["facts"]["certificates"]] == ["ECDSA secp256r1", "RSA 2048"]
+    assert report["facts"]["groups_accepted"] == {"TLSv1.2": ["X25519", "P-256", "P-384"]}
 
 
 def test_nginx_accepting_tls10_is_flagged(nginx: Callable[..., Nginx], tls_files: TLSFiles) -> None:
@@ -154,6 +155,9 @@ def test_fopproxy_passes_its_own_scan(profile: str, tmp_path: Path, tls_files: T
         assert report["facts"]["tls13_suites_accepted"] == ["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]
         assert statuses(report, "suites.tls13") == {"TLS 1.3 suites": "PASS"}
     assert protocols["TLSv1"] == protocols["TLSv1.1"] == "refused"
+    served = ["TLSv1.2", "TLSv1.3"] if profile == "card-fop-tls13" else ["TLSv1.2"]
+    assert report["facts"]["groups_accepted"] == {v: ["X25519", "P-256", "P-384"] for v in served}
+    assert set(statuses(report, "key_exchange").values()) == {"PASS"}
     assert protocols["SSLv2"] == "untested"
     assert statuses(report, "protocol.versions")["SSLv2"] == "SKIP"
 
@@ -226,3 +230,15 @@ def test_local_openssl_can_offer_what_the_issue_names() -> None:
     names = {c["name"] for c in tls12_candidates()}
     assert {"AES128-GCM-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-GCM-SHA384", "DHE-RSA-AES128-GCM-SHA256"} <= names
     assert set(CARD_FOP_TLS12_SUITES) <= names
+
+
+def test_nginx_agreeing_p521_and_x448_is_flagged(nginx: Callable[..., Nginx], tls_files: TLSFiles) -> None:
+    """nginx with P-521 and X448 allowed: key_exchange fails under both versions and names them."""
+    server = nginx(dual(tls_files), protocols="TLSv1.2 TLSv1.3", curves="X25519:prime256v1:secp384r1:secp521r1:X448")
+    code, report = run_scan(server.address, tls_files.cafile)
+    assert code == 1
+    assert statuses(report, "key_exchange")["TLS 1.2 groups"] == "FAIL"
+    assert statuses(report, "key_exchange")["TLS 1.3 groups"] == "FAIL"
+    for version in ("TLSv1.2", "TLSv1.3"):
+        assert set(report["facts"]["groups_accepted"][version]) == {"X25519", "P-256", "P-384", "P-521", "X448"}
+    assert "P-521, X448" in detail(report, "key_exchange", "TLS 1.3 groups")

@@ -126,6 +126,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Length", str(size))
         self.end_headers()
+        if self.command == "HEAD":
+            return
         left = size
         while left:
             piece = PATTERN[: min(left, len(PATTERN))]

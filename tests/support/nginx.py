@@ -30,6 +30,7 @@ class Nginx:
         ciphers: str = SIX,
         server_name: str = "api.example.test",
         prefer_server: bool = True,
+        curves: str = "X25519:prime256v1:secp384r1",
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,7 @@ http {{
       ssl_protocols {protocols};
       ssl_ciphers "{ciphers}";
       ssl_prefer_server_ciphers {"on" if prefer_server else "off"};
+      ssl_ecdh_curve {curves};
       location / {{ return 200 "ok\\n"; }}
   }}
 }}
