@@ -85,7 +85,7 @@ class FakeBackend(asyncio.Transport):
 
 
 class Harness:
-    def __init__(self, *, refuse: bool = False, max_header_bytes: int = 16384) -> None:
+    def __init__(self, *, refuse: bool = False, max_header_bytes: int = 16384, preamble: bytes = b"") -> None:
         self.backends: list[FakeBackend] = []
         self.dial_failures: list[BaseException] = []
         self.refuse = refuse
@@ -102,7 +102,7 @@ class Harness:
         self.client = FakeClient()
         self.pump = HttpPump(
             settings, self.client, client_text="192.0.2.7:5555", client_host="192.0.2.7",
-            cert_headers=b"", cert_subject="-",
+            cert_headers=b"", cert_subject="-", preamble=preamble,
         )
 
     async def _connect(self, factory: Callable[[], asyncio.BaseProtocol]) -> object:
@@ -334,3 +334,13 @@ async def test_write_limits_and_buffer_size_are_the_backend_connections() -> Non
     await h.send(b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
     assert h.backend.limits == (65536, 0)
     assert h.pump.get_write_buffer_size() == len(h.backend.written)
+
+
+async def test_preamble_opens_every_backend_connection() -> None:
+    """A PROXY header (proxy_protocol) goes first on each connection the pump dials."""
+    h = Harness(preamble=b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443\r\n")
+    await h.send(get("/a"))
+    h.backend.answer(ok(b"a"))
+    h.backend.protocol.eof_received()
+    await h.send(get("/b"))
+    assert [b.written.split(b"\r\n", 1)[0] for b in h.backends] == [b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443"] * 2

@@ -140,8 +140,12 @@ class HttpPump(asyncio.Transport):
         client_host: str,
         cert_headers: bytes,
         cert_subject: str,
+        preamble: bytes = b"",
     ) -> None:
         super().__init__()
+        # Written first on every backend connection (a PROXY protocol header, where configured):
+        # each connection the pump dials is a new one to the backend.
+        self.preamble = preamble
         self.settings = settings
         self.client = client
         self.client_text = client_text
@@ -332,6 +336,8 @@ class HttpPump(asyncio.Transport):
         self._backend_side = side
         if self._limits is not None:
             transport.set_write_buffer_limits(*self._limits)
+        if self.preamble:
+            transport.write(self.preamble)
         if self._client_full:
             transport.pause_reading()
         self._advance()
