@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from fopproxy.http.accesslog import AccessLog
 from fopproxy.http.pump import BackendSide, HttpPump, PumpSettings
 from fopproxy.http.stats import HttpStats
 
@@ -96,7 +97,7 @@ class Harness:
             max_header_bytes=max_header_bytes,
             forwarded=True,
             stats=self.stats,
-            log_requests=True,
+            access=AccessLog(True),
             connect_failed=self.dial_failures.append,
         )
         self.client = FakeClient()

@@ -14,6 +14,7 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from fopproxy.config import HttpConfig, TcpAddress, UnixAddress
+from fopproxy.http.accesslog import AccessLog
 from fopproxy.http.clientcert import chain_of, client_cert_headers, subject_of
 from fopproxy.http.pump import HttpPump, PumpSettings
 from fopproxy.http.stats import HttpStats
@@ -68,7 +69,7 @@ class HttpRelay(Relay):
             max_header_bytes=http.max_header_bytes,
             forwarded=http.forwarded,
             stats=http_stats,
-            log_requests=log_requests,
+            access=AccessLog(log_requests),
             connect_failed=self._connect_failed,
         )
 
@@ -123,7 +124,7 @@ class HttpClientConnection(ClientConnection):
             client_text=client_text,
             client_host=client_host,
             cert_headers=client_cert_headers(chain) if relay.http.client_cert_header else b"",
-            cert_subject=subject_of(chain) if relay.pump_settings.log_requests else "-",
+            cert_subject=subject_of(chain) if relay.pump_settings.access.enabled else "-",
         )
         self.backend_made(pump)
 

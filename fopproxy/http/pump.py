@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Protocol
 
-from fopproxy.http.accesslog import request_done
+from fopproxy.http.accesslog import AccessLog
 from fopproxy.http.answers import answer
 from fopproxy.http.request import Request, RequestError, RequestReader
 from fopproxy.http.response import ResponseError, ResponseTracker
@@ -64,11 +64,11 @@ class PumpSettings:
     """What every pump of a listener shares (built once per worker)."""
 
     __slots__ = (
+        "access",
         "connect",
         "connect_failed",
         "connect_timeout",
         "forwarded",
-        "log_requests",
         "max_header_bytes",
         "stats",
     )
@@ -81,7 +81,7 @@ class PumpSettings:
         max_header_bytes: int,
         forwarded: bool,
         stats: HttpStats,
-        log_requests: bool,
+        access: AccessLog,
         connect_failed: Callable[[BaseException], None],
     ) -> None:
         self.connect = connect
@@ -89,7 +89,7 @@ class PumpSettings:
         self.max_header_bytes = max_header_bytes
         self.forwarded = forwarded
         self.stats = stats
-        self.log_requests = log_requests
+        self.access = access  # the access line (one per request), decided once per worker
         self.connect_failed = connect_failed  # counts and logs a failed dial (tcp mode's counters)
 
 
@@ -441,9 +441,10 @@ class HttpPump(asyncio.Transport):
             duration = perf_counter() - started if started is not None else 0.0
             stats.requests[(method, status)] += 1
             stats.duration.observe(duration)
-            if self.settings.log_requests:
-                request_done(
-                    method, "-", status, 0, len(data), duration, self.client_text,
+            access = self.settings.access
+            if access.enabled:
+                access.request(
+                    method, "-", status, 0, len(data), int(duration * 1e6), self.client_text,
                     self.cert_subject, reason,
                 )
         else:
@@ -457,10 +458,11 @@ class HttpPump(asyncio.Transport):
         stats.duration.observe(duration)
         stats.request_body_bytes += request.body_bytes
         stats.response_body_bytes += response_body
-        if self.settings.log_requests:
-            request_done(
+        access = self.settings.access
+        if access.enabled:
+            access.request(
                 request.method, request.path(), status, request.body_bytes, self.answered,
-                duration, self.client_text, self.cert_subject, reason,
+                int(duration * 1e6), self.client_text, self.cert_subject, reason,
             )
 
     def idle(self) -> None:

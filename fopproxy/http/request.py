@@ -100,10 +100,9 @@ class Request:
         return self.method == "HEAD"
 
     def path(self) -> str:
-        """The target without its query string, as printable text for the log."""
-        path = self.target.partition(b"?")[0][:256]
-        text = path.decode("ascii", "replace")
-        return text if text.isprintable() and " " not in text else "?"
+        """The target without its query string, for the log (llhttp refuses control
+        characters, spaces and non-ASCII bytes in a path, so it prints as it is)."""
+        return self.target.partition(b"?")[0][:256].decode("ascii", "replace")
 
 
 def _forwarded_for(client_host: str) -> bytes:
