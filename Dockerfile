@@ -63,5 +63,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/opt/fopproxy/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=4)"]
 # SIGTERM drains open connections for up to timeouts.drain; give `docker stop -t` more than that.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["fopproxy"]
+# By absolute path: runc resolves a bare name through the image's PATH as uid 10001, and any
+# difference there (a base without a PATH of its own, a folder uid 10001 cannot search) ends in
+# `exec: "fopproxy": executable file not found in $PATH` before fopproxy runs at all.
+ENTRYPOINT ["/opt/fopproxy/bin/fopproxy"]
 CMD ["-c", "/etc/fopproxy/proxy.yaml"]

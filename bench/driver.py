@@ -12,6 +12,8 @@ used while it measured.
 
 Workloads:
   hs-ecdsa, hs-rsa  full TLS 1.2 handshakes (bench/hsload, never resumes), GET /ok, close
+  res-ecdsa, res-rsa returning clients: as hs-*, but each load connection offers its last
+                    session (bench/hsload -resume); the resumed fraction is reported per side
   ka                wrk keep-alive, 2-byte answers, req/s and p50/p99
   bulk              wrk keep-alive, 1 MiB answers, MB/s
   mem               fresh proxies; N TLS connections each POST 64 KiB and GET 64 KiB, then stay
@@ -242,6 +244,8 @@ class Target:
                     "PORT_RSA": self.port_rsa,
                     "WORKERS": a.workers,
                     "NGX_PROXY_BUF": a.nginx_buffer,
+                    "PROTOCOLS": "TLSv1.2 TLSv1.3" if a.tls13 else "TLSv1.2",
+                    "SESSION_CACHE": a.nginx_session_cache,
                 },
             )
             self.procs.append(
@@ -305,6 +309,7 @@ server_name: "{SERVER_NAME}"
 tls:
   certificates:
     - {{cert: "{a.certs}/{cert}.crt", key: "{a.certs}/{cert}.key"}}
+  profile: {"card-fop-tls13" if a.tls13 else "card-fop"}
 workers: {a.workers}
 logging:
   connections: true
@@ -371,7 +376,9 @@ class Measure:
 def run_hs(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
     port = t.port_rsa if workload.endswith("rsa") else t.port_ecdsa
     argv = pinned(
-        [a.hsload, "-a", f"127.0.0.1:{port}", "-c", str(a.hs_conns), "-d", f"{a.duration}s"],
+        [a.hsload, "-a", f"127.0.0.1:{port}", "-c", str(a.hs_conns), "-d", f"{a.duration}s"]
+        + (["-resume"] if workload.startswith("res-") else [])
+        + (["-tls13"] if a.tls13 else []),
         a.load_cpus,
     )
     env = dict(os.environ, GOMAXPROCS=str(a.load_count))
@@ -485,11 +492,14 @@ def run_mem(t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
     return m.done(r)
 
 
-PRIMARY = {"hs-ecdsa": "rps", "hs-rsa": "rps", "ka": "rps", "bulk": "MBps", "mem": "kib_per_conn"}
+PRIMARY = {
+    "hs-ecdsa": "rps", "hs-rsa": "rps", "res-ecdsa": "rps", "res-rsa": "rps",
+    "ka": "rps", "bulk": "MBps", "mem": "kib_per_conn",
+}
 
 
 def run_one(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
-    if workload.startswith("hs-"):
+    if workload.startswith(("hs-", "res-")):
         return run_hs(workload, t, a, backend)
     if workload == "mem":
         return run_mem(t, a, backend)
@@ -571,6 +581,14 @@ def report(
                 f"[{min(paired, default=0):.2f}..{max(paired, default=0):.2f}]), "
                 f"p99 {p99:.2f}ms vs {bp99:.2f}ms"
             )
+            if wl.startswith("res-"):
+                for who, runs in ((name, rs), (base, bs)):
+                    done = sum(r["requests"] for r in runs)
+                    resumed = sum(r.get("resumed") or 0 for r in runs)
+                    print(
+                        f"RESUMED {wl:8} {who}: {resumed}/{done} "
+                        f"({100 * resumed / done if done else float('nan'):.1f} %)"
+                    )
             targets = HTTP_TARGETS if a.http else TARGETS
             if wl in targets:
                 ok = eff >= targets[wl]
@@ -631,6 +649,16 @@ def main() -> int:
         help="seconds the mem connections stay idle before RSS is read (also read at 1 s)",
     )
     ap.add_argument("--nginx-buffer", default="16k", help="nginx-stream proxy_buffer_size")
+    ap.add_argument(
+        "--nginx-session-cache",
+        default="shared:SSL:10m",
+        help="nginx-stream ssl_session_cache ('none' as in runs before the res-* workloads)",
+    )
+    ap.add_argument(
+        "--tls13",
+        action="store_true",
+        help="TLS 1.3 allowed on both sides (fopproxy card-fop-tls13); default TLS 1.2 only",
+    )
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs fopproxy")
     ap.add_argument("--fopproxy-extra", default="", help="YAML lines appended to fopproxy's config")
     ap.add_argument(

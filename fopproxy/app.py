@@ -19,6 +19,7 @@ from fopproxy.config import Config
 from fopproxy.reload import CertificateStore
 from fopproxy.server import Worker
 from fopproxy.stats import Stats
+from fopproxy.tickets import KeyRing
 
 log = logging.getLogger("fopproxy")
 
@@ -27,7 +28,7 @@ log = logging.getLogger("fopproxy")
 WorkerHook = Callable[[Worker], contextlib.AbstractAsyncContextManager[None]]
 
 
-def new_store(config: Config, stats: Stats) -> CertificateStore:
+def new_store(config: Config, stats: Stats, tickets: KeyRing | None = None) -> CertificateStore:
     """Load and validate the certificates; raises CertificateError (exit 2) when unusable."""
     return CertificateStore(
         config.tls.certificates,
@@ -35,6 +36,7 @@ def new_store(config: Config, stats: Stats) -> CertificateStore:
         config.tls.selection,
         stats,
         grace=config.tls.reload_grace,
+        tickets=tickets,
     )
 
 
@@ -44,8 +46,12 @@ async def serve_worker(
     reuse_port: bool = False,
     ready: Callable[[], None] | None = None,
     hooks: tuple[WorkerHook, ...] = (),
+    tickets: KeyRing | None = None,
 ) -> int:
     """Run one worker on the current (uvloop) loop until a signal drains it.
+
+    `tickets`: the session-ticket keys, made by whoever forked this worker so that every
+    worker opens every other's tickets (fopproxy.tickets).
 
     The process signals are blocked from process start (`fopproxy.signals`); they are lifted
     here once the loop handles them, so a SIGHUP or SIGTERM sent before that is handled now: a
@@ -53,7 +59,7 @@ async def serve_worker(
     """
     loop = asyncio.get_running_loop()
     stats = Stats()
-    store = new_store(config, stats)
+    store = new_store(config, stats, tickets)
     worker = Worker(config, store, stats, reuse_port=reuse_port)
     previous = signals.block()  # a caller other than the CLI (a test) gets the same guarantee
     worker.install_signal_handlers(loop)
@@ -88,6 +94,9 @@ def run_worker(
     reuse_port: bool = False,
     ready: Callable[[], None] | None = None,
     hooks: tuple[WorkerHook, ...] = (),
+    tickets: KeyRing | None = None,
 ) -> int:
     """`serve_worker` on a fresh uvloop loop: the body of a worker process."""
-    return uvloop.run(serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=hooks))
+    return uvloop.run(
+        serve_worker(config, reuse_port=reuse_port, ready=ready, hooks=hooks, tickets=tickets)
+    )

@@ -8,16 +8,15 @@ and connections already open keep the context they started with.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import ssl
-import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -30,8 +29,11 @@ from fopproxy.errors import (
     CertificateReadError,
 )
 from fopproxy.policy import KeyType, SuiteSelection
-from fopproxy.sources import CertificateSource
+from fopproxy.sources import CertificateSource, read_pem_file
 from fopproxy.tls import build_context
+
+if TYPE_CHECKING:
+    from fopproxy.tickets import KeyRing
 
 PEM_BEGIN_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
@@ -115,52 +117,6 @@ class LoadedCertificate:
     def label(self) -> str:
         """A name for logs and metrics: the first DNS name, else the file name."""
         return self.names[0] if self.names else self.source.cert.name
-
-
-# A PEM chain of a leaf and a few intermediates is a few KiB; a key less. A file far larger is a
-# mistake (a log, a disk image, a file still growing) and reading it whole would cost its size in
-# RSS, twice over during validation: refuse it before reading.
-MAX_PEM_FILE_BYTES = 1 << 20
-
-
-def read_pem_file(path: Path) -> bytes:
-    """The bytes of a regular file of at most MAX_PEM_FILE_BYTES, never blocking.
-
-    A FIFO, a device or a directory is refused from `stat` alone, so nothing waits in `open()`
-    for a writer that never comes; the file is then opened non-blocking and checked again with
-    `fstat` (it may have been swapped in between), and read with a bound in case it grows.
-    OSError for a file that cannot be used, naming it.
-    """
-    _check_regular(path, path.stat())
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        _check_regular(path, os.fstat(fd))
-        chunks = []
-        left = MAX_PEM_FILE_BYTES + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > MAX_PEM_FILE_BYTES:
-        raise OSError(errno.EFBIG, f"larger than {MAX_PEM_FILE_BYTES} bytes", str(path))
-    return data
-
-
-def _check_regular(path: Path, status: os.stat_result) -> None:
-    if not stat.S_ISREG(status.st_mode):
-        kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
-        raise OSError(errno.EINVAL, f"{kind} (a FIFO, device or socket is refused)", str(path))
-    if status.st_size > MAX_PEM_FILE_BYTES:
-        raise OSError(
-            errno.EFBIG,
-            f"{status.st_size} bytes, larger than the {MAX_PEM_FILE_BYTES}-byte limit",
-            str(path),
-        )
 
 
 def read_source(source: CertificateSource) -> tuple[bytes, bytes, bytes | None]:
@@ -332,8 +288,10 @@ class CertificateSet:
         selection: SuiteSelection,
         server_name: str,
         digest: str,
+        tickets: KeyRing | None = None,
     ) -> None:
         self.certificates = tuple(certificates)
+        self.tickets = tickets
         self.selection = selection
         self.server_name = server_name
         self.digest = digest
@@ -375,6 +333,7 @@ class CertificateSet:
                     self._on_sni if with_sni else None,
                     session_context=_session_context(members),
                     resumption=not (with_sni and self._needs_sni),
+                    tickets=self.tickets,
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
@@ -442,8 +401,12 @@ def build_certificate_set(
     server_name: str,
     selection: SuiteSelection,
     now: datetime | None = None,
+    tickets: KeyRing | None = None,
 ) -> CertificateSet:
-    """Validate every entry of `snapshot` and build the contexts; errors name the entry."""
+    """Validate every entry of `snapshot` and build the contexts; errors name the entry.
+
+    `tickets`: the shared session-ticket keys the contexts issue and open tickets with.
+    """
     loaded: list[LoadedCertificate] = []
     for index, content in enumerate(snapshot.contents):
         try:
@@ -460,7 +423,7 @@ def build_certificate_set(
             )
         except CertificateError as exc:
             raise entry_error(index, exc) from None
-    return CertificateSet(loaded, selection, server_name, snapshot.digest)
+    return CertificateSet(loaded, selection, server_name, snapshot.digest, tickets)
 
 
 def load_certificate_set(

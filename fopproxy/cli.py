@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fopproxy import __version__, signals
 from fopproxy.errors import ConfigError, FopproxyError
@@ -62,6 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--port", type=int, default=8443, help="TLS port (default 8443)")
     demo.add_argument("--metrics-port", type=int, default=9100, help="metrics port (default 9100)")
+    demo.add_argument(
+        "--dir", type=Path, default=None,
+        help="keep the certificates in this folder of yours (default: a fresh private "
+        "temporary folder, removed on exit)",
+    )
+
+    ticket = commands.add_parser(
+        "ticket-key",
+        help="write a fresh session-ticket key file (tls.session_tickets.key_file)",
+        description="Write FILE (mode 0600, never over an existing file) with fresh random "
+        "80-byte session-ticket keys in nginx's format, for several fopproxy pods (or nginx and "
+        "HAProxy next to them) to share. Rotate by putting a new key first: the first key "
+        "encrypts, all decrypt.",
+    )
+    ticket.add_argument("file", help="the key file to create")
+    ticket.add_argument("--keys", type=int, default=1, choices=range(1, 9), metavar="N",
+                        help="how many keys to write (1-8, default 1)")
     from fopproxy.compliance.cli import add_commands
 
     add_commands(commands)
@@ -87,6 +105,18 @@ def _run(config_path: str) -> int:
     return code
 
 
+def _ticket_key(path: str, keys: int) -> int:
+    from fopproxy.tickets import write_key_file
+
+    try:
+        write_key_file(path, keys)
+    except OSError as exc:
+        _error(f"cannot write {path}: {exc.strerror or exc}")
+        return EXIT_CONFIG
+    print(f"wrote {keys} session-ticket key(s) to {path} (mode 0600)")
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "demo":
         from fopproxy.config import LoggingConfig
@@ -94,7 +124,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from fopproxy.logs import configure_logging
 
         configure_logging(LoggingConfig())
-        return run_demo(args.port, args.metrics_port)
+        return run_demo(args.port, args.metrics_port, args.dir)
+    if args.command == "ticket-key":
+        return _ticket_key(args.file, args.keys)
     if args.command in {"check", "scan", "cert"}:
         from fopproxy.compliance.cli import dispatch
 

@@ -43,6 +43,17 @@ class UnixAddress:
 
 
 @dataclass(frozen=True)
+class SessionTickets:
+    """TLS 1.2 session tickets and TLS 1.3 PSK resumption with keys every worker shares."""
+
+    enabled: bool = True
+    # Seconds a ratchet key encrypts new tickets; the previous key still decrypts for as long.
+    rotation: float = 21600.0
+    # Keys from a file (nginx's 80-byte format) instead of the ratchet, for several pods.
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     selection: SuiteSelection
     certificates: tuple[CertificateSource, ...]
@@ -50,6 +61,7 @@ class TLSConfig:
     # How long a half-written rotation (key not matching, file cut short or missing) may last
     # before the reload counts as failed; see reload.py.
     reload_grace: float = 10.0
+    session_tickets: SessionTickets = SessionTickets()
 
     @property
     def profile_name(self) -> str:
@@ -96,6 +108,9 @@ class Config:
     tls: TLSConfig
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 10000
+    # Whether the file set max_connections: only a user's own number is worth a warning when the
+    # open-file limit cuts it short (the default adapts to the limit quietly).
+    max_connections_set: bool = False
     workers: int = 1
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -343,6 +358,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         tls=tls,
         timeouts=timeouts,
         max_connections=max_connections or 10000,
+        max_connections_set="max_connections" in top,
         workers=workers or 1,
         backlog=backlog or 1024,
         logging=logging_config,
@@ -415,7 +431,12 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
         p.add("tls", "is required (at least tls.certificates)")
         return None
     tls = p.mapping(
-        raw, "tls", ("profile", "ciphers", "certificates", "reload_interval", "reload_grace")
+        raw,
+        "tls",
+        (
+            "profile", "ciphers", "certificates", "reload_interval", "reload_grace",
+            "session_tickets",
+        ),
     )
     if not isinstance(raw, Mapping):
         return None
@@ -452,10 +473,34 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
             passphrase = p.typed(item, "passphrase_file", where, parse_path)
             if cert and key:
                 certificates.append(CertificateSource(cert, key, passphrase))
+    tickets = _parse_session_tickets(p, tls.get("session_tickets"), base_dir)
     if selection is None or p.lines:
         return None
     assert reload_grace is not None  # a bad value added a problem above
-    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace)
+    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace, tickets)
+
+
+def _rotation_seconds(value: object) -> float:
+    seconds = _number_of_seconds(value)
+    if not 60 <= seconds <= 7 * 86400:
+        raise ValueError(f"must be >= 60 and <= 604800 seconds (7 days), got {seconds}")
+    return float(seconds)
+
+
+def _parse_session_tickets(p: _Problems, raw: object, base_dir: Path) -> SessionTickets:
+    where = "tls.session_tickets"
+    section = p.mapping(raw, where, ("enabled", "rotation", "key_file"))
+    default = SessionTickets()
+    enabled = p.typed(section, "enabled", where, _boolean, default.enabled)
+    rotation = p.typed(section, "rotation", where, _rotation_seconds, default.rotation)
+    key_file = p.typed(section, "key_file", where, _path(base_dir))
+    if key_file is not None and "rotation" in section:
+        p.add(f"{where}.rotation", "has no effect with key_file (its keys are used as given)")
+    return SessionTickets(
+        enabled=default.enabled if enabled is None else enabled,
+        rotation=rotation or default.rotation,
+        key_file=key_file,
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -475,6 +475,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.version = pipe.version()
         self.cipher = pipe.cipher()
         stats.handshakes[(self.version, self.cipher)] += 1
+        if pipe.resumed():
+            stats.resumptions[self.version] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect

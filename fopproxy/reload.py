@@ -35,6 +35,7 @@ from fopproxy.errors import (
 from fopproxy.policy import SuiteSelection
 from fopproxy.sources import CertificateSource
 from fopproxy.stats import Stats
+from fopproxy.tickets import FileKeyRing, KeyRing, TicketKeyError
 
 log = logging.getLogger("fopproxy.reload")
 
@@ -62,8 +63,11 @@ class CertificateStore:
         *,
         grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        tickets: KeyRing | None = None,
     ) -> None:
         self.sources = tuple(sources)
+        self.tickets = tickets
+        self._ticket_failure: str | None = None
         self.server_name = server_name
         self.selection = selection
         self.stats = stats
@@ -71,7 +75,7 @@ class CertificateStore:
         self._clock = clock
         # Raises CertificateError at start: there is no old set to fall back on.
         self.current: CertificateSet = build_certificate_set(
-            read_snapshot(self.sources), server_name, selection
+            read_snapshot(self.sources), server_name, selection, tickets=tickets
         )
         # The first load is a successful load too (as Prometheus' own config reload gauge counts).
         stats.last_reload_success = time.time()
@@ -85,6 +89,7 @@ class CertificateStore:
 
     def poll(self) -> bool:
         """One check of the watcher; True when the files are changing and want a quick re-check."""
+        self.reload_ticket_keys()
         key, snapshot, error = self._read()
         if key in (self.current.digest, self._failed):
             self._seen = key
@@ -101,17 +106,49 @@ class CertificateStore:
 
         `force` (SIGHUP) rebuilds even unchanged content and reports a failure at once.
         """
+        self.reload_ticket_keys()
         key, snapshot, error = self._read()
         if not force and key in (self.current.digest, self._failed):
             return False
         self._seen = key
         return self._consider(key, snapshot, error, force=force)
 
+    def reload_ticket_keys(self) -> None:
+        """Re-read a session-ticket key file (tls.session_tickets.key_file) if it changed.
+
+        The keys live in one ring that every context of every set shares, so new keys apply to
+        the next handshake with no new context. A file that cannot be used keeps the keys in
+        force: logged once per distinct problem and counted each time it is seen anew.
+        """
+        ring = self.tickets
+        if not isinstance(ring, FileKeyRing):
+            return
+        problem: str | None = None
+        try:
+            changed = ring.reload()
+        except (OSError, TicketKeyError) as exc:
+            problem, changed = str(exc), False
+        if problem is not None:
+            if problem != self._ticket_failure:
+                self.stats.ticket_key_reload_failures += 1
+                log.error(
+                    "session ticket key file %s cannot be used, keeping the keys in force: %s",
+                    ring.path, problem,
+                )
+            self._ticket_failure = problem
+            return
+        self._ticket_failure = None
+        if changed:
+            log.info(
+                "session ticket keys reloaded from %s: %d key(s), the first encrypts",
+                ring.path, len(ring.keys),
+            )
+
     def _read(self) -> tuple[str, Snapshot | None, CertificateError | None]:
         """The content key of the files now: their digest, or what stops them being read.
 
         Reading never blocks: a FIFO, a device, a directory or an oversized file is refused
-        before it is read (certs.read_pem_file).
+        before it is read (sources.read_pem_file).
         """
         try:
             snapshot = read_snapshot(self.sources)
@@ -125,7 +162,9 @@ class CertificateStore:
         reason: CertificateError | ComplianceError
         if snapshot is not None:
             try:
-                new = build_certificate_set(snapshot, self.server_name, self.selection)
+                new = build_certificate_set(
+                    snapshot, self.server_name, self.selection, tickets=self.tickets
+                )
             except (CertificateError, ComplianceError) as exc:
                 reason = exc
             except OSError as exc:

@@ -115,7 +115,13 @@ class Worker:
         config = self.config
         nofile = raise_nofile_limit()
         capacity = connection_capacity(config.max_connections, nofile)
-        if capacity < config.max_connections:
+        if capacity < config.max_connections and not config.max_connections_set:
+            log.info(
+                "open-file limit (ulimit -n) is %d: serving at most %d connections at once "
+                "(max_connections is not set; set it to be warned when the limit cuts it short)",
+                nofile, capacity,
+            )
+        elif capacity < config.max_connections:
             log.warning(
                 "max_connections is %d but the open-file limit (ulimit -n) is %d: serving at most "
                 "%d connections at once (each needs 2 descriptors); raise the limit to serve more",

@@ -66,6 +66,8 @@ class Stats:
         "handshakes",
         "last_reload_success",
         "reloads",
+        "resumptions",
+        "ticket_key_reload_failures",
     )
 
     def __init__(self) -> None:
@@ -80,3 +82,6 @@ class Stats:
         self.backend_connect_duration = Histogram(CONNECT_BUCKETS)
         self.reloads: defaultdict[str, int] = defaultdict(int)
         self.last_reload_success = 0.0
+        # Handshakes that resumed a session (ID, ticket or TLS 1.3 PSK), by protocol version.
+        self.resumptions: defaultdict[str, int] = defaultdict(int)
+        self.ticket_key_reload_failures = 0

@@ -9,19 +9,28 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fopproxy import native
 from fopproxy.errors import ComplianceError
 from fopproxy.policy import SuiteSelection
 
-# Options that must be on for every context we serve from.
+if TYPE_CHECKING:
+    from fopproxy.tickets import KeyRing
+
+# Options that must be on for every context we serve from (OP_NO_TICKET too, unless tickets
+# are encrypted with the shared keys of tickets.py).
 REQUIRED_OPTIONS = (
     ssl.OP_NO_COMPRESSION
     | ssl.OP_CIPHER_SERVER_PREFERENCE
     | ssl.OP_NO_RENEGOTIATION
-    | ssl.OP_NO_TICKET
     | ssl.OP_SINGLE_ECDH_USE
 )
+# TLS 1.3 tickets sent after each full handshake: one is what a returning client uses.
+TLS13_TICKETS = 1
+# SSL_OP_ALLOW_NO_DHE_KEX (not in Python's ssl): TLS 1.3 resumption without a fresh ECDHE
+# exchange (psk_ke), i.e. without forward secrecy. Must stay off.
+OP_ALLOW_NO_DHE_KEX = 1 << 10
 
 class ServerSSLObject(ssl.SSLObject):
     """SSLObject that remembers the SNI the client sent (the server side has no API to ask)."""
@@ -68,8 +77,14 @@ def offered_suites(ctx: ssl.SSLContext) -> tuple[list[str], list[str]]:
     return tls12, tls13
 
 
-def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
-    """Fail closed unless the context is exactly what the selection asks for."""
+def verify_context(
+    ctx: ssl.SSLContext, selection: SuiteSelection, *, tickets: bool = False
+) -> None:
+    """Fail closed unless the context is exactly what the selection asks for.
+
+    `tickets`: session tickets are meant to be on (shared keys installed); otherwise they must be
+    off. Early data (0-RTT, replayable) must be refused either way.
+    """
     tls12, tls13 = offered_suites(ctx)
     if tuple(tls12) != selection.tls12:
         raise ComplianceError(
@@ -84,9 +99,16 @@ def verify_context(ctx: ssl.SSLContext, selection: SuiteSelection) -> None:
         raise ComplianceError(f"minimum protocol is {ctx.minimum_version.name}, not TLSv1_2")
     if ctx.maximum_version != selection.profile.maximum_version:
         raise ComplianceError(f"maximum protocol is {ctx.maximum_version.name}")
-    missing = REQUIRED_OPTIONS & ~ctx.options
+    required = REQUIRED_OPTIONS if tickets else REQUIRED_OPTIONS | ssl.OP_NO_TICKET
+    missing = required & ~ctx.options
     if missing:
         raise ComplianceError(f"required TLS options are off: {ssl.Options(missing)!r}")
+    if tickets and ctx.options & ssl.OP_NO_TICKET:
+        raise ComplianceError("session tickets were asked for but OP_NO_TICKET is set")
+    if ctx.options & OP_ALLOW_NO_DHE_KEX:
+        raise ComplianceError("TLS 1.3 resumption without ECDHE (psk_ke) is allowed")
+    if native.max_early_data(ctx) != 0:
+        raise ComplianceError("the context would accept TLS 1.3 early data (0-RTT)")
     expected = set(selection.profile.groups)
     for version, groups in agreed_groups(ctx).items():
         if set(groups) != expected:
@@ -103,6 +125,7 @@ def build_context(
     *,
     session_context: bytes | None = None,
     resumption: bool = True,
+    tickets: KeyRing | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
@@ -110,17 +133,25 @@ def build_context(
     that fits the suite it negotiates. Groups are the profile's (X25519, P-256, P-384), set
     through libssl after the context exists, so an OPENSSL_CONF system default cannot widen them
     (Python's set_ecdh_curve takes one curve, and no group list at all).
-    Resumption: stateless tickets are off (their keys would never rotate and, with several
-    workers, differ per process); the per-process session-ID cache stays, so resumption is an
-    optimisation that may miss, never a requirement. `session_context` names the certificates
-    served, so a session is only resumed by a context serving the same ones; `resumption=False`
-    turns the cache off (see CertificateSet).
+    Resumption: with `tickets` (tickets.py: keys every worker and, with a key file, every pod
+    shares) TLS 1.2 tickets and TLS 1.3 PSK tickets are issued and opened with those keys, never
+    OpenSSL's per-process random key; without, tickets are off. The per-process session-ID
+    cache stays either way. `session_context` names the certificates served, so a session is
+    only resumed by a context serving the same ones; `resumption=False` turns resumption off
+    altogether (see CertificateSet). Early data stays at OpenSSL's 0: never accepted.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = selection.profile.minimum_version
     ctx.maximum_version = selection.profile.maximum_version
     ctx.options |= REQUIRED_OPTIONS
-    ctx.num_tickets = 0
+    with_tickets = tickets is not None and resumption
+    if tickets is not None and resumption:
+        ctx.options &= ~ssl.OP_NO_TICKET
+        ctx.num_tickets = TLS13_TICKETS
+        native.install_ticket_keys(ctx, tickets)
+    else:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
     limit_session_cache(ctx)
     if session_context is not None:
         native.set_session_id_context(ctx, session_context)
@@ -135,5 +166,5 @@ def build_context(
         ctx.load_cert_chain(cert, key, password)
     if sni_callback is not None:
         ctx.sni_callback = sni_callback
-    verify_context(ctx, selection)
+    verify_context(ctx, selection, tickets=with_tickets)
     return ctx

@@ -73,6 +73,10 @@ class TLSPipe:
     def version(self) -> str:
         return self.tls.version() or "-"
 
+    def resumed(self) -> bool:
+        """Whether the handshake resumed a session (ID, ticket or TLS 1.3 PSK)."""
+        return bool(self.tls.session_reused)
+
     def cipher(self) -> str:
         cipher = self.tls.cipher()
         return cipher[0] if cipher else "-"

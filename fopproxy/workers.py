@@ -52,6 +52,9 @@ class Supervisor:
     children: dict[int, _Child] = field(default_factory=dict)
     restarts: list[float] = field(default_factory=list)
     on_child_exit: list[Callable[[int, int], None]] = field(default_factory=list)
+    # Called on every turn of the loop (a few times a second): state the supervisor keeps for
+    # the workers it will fork next (the ticket-key schedule) moves on even while none is.
+    on_tick: Callable[[], None] | None = None
 
     def _spawn(self, index: int) -> _Child:
         read_fd, write_fd = os.pipe()
@@ -147,6 +150,8 @@ class Supervisor:
         log.info("supervisor pid %d started %d workers", os.getpid(), count)
         while self.children:
             info = signal.sigtimedwait(watched, 0.2)
+            if self.on_tick is not None:
+                self.on_tick()
             if starting:
                 self._poll_ready()
                 if all(c.ready for c in self.children.values()):

@@ -244,7 +244,7 @@ def test_validation_never_searches_the_root_store(ca: CA, monkeypatch: pytest.Mo
 
 def test_pem_files_that_are_not_regular_or_too_big_are_refused_without_blocking(tmp_path: Path) -> None:
     """A FIFO (no writer: open() would block), a directory and a 1 MiB + 1 file: OSError at once."""
-    from fopproxy.certs import MAX_PEM_FILE_BYTES, read_pem_file
+    from fopproxy.sources import MAX_PEM_FILE_BYTES, read_pem_file
 
     fifo = tmp_path / "fifo.pem"
     os.mkfifo(fifo)

@@ -106,6 +106,8 @@ CARD_RULES = {
     "suites.tls13": "fop",
     "key_exchange": "fop",
     "server_preference": "fop",
+    "resumption": "fop",
+    "early_data": "fop",
     "certificates.key_types": "fop",
     "startup": "fop",
     "cert.read": "3",

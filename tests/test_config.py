@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,7 @@ import yaml
 
 from fopproxy.config import TcpAddress, UnixAddress, load_config, parse_config
 from fopproxy.errors import ConfigError
-from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
+from tests.support.expected import TLS12_SUITES, TLS13_SUITES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def test_example_config_documents_and_loads_every_setting() -> None:
     config = load_config(REPO / "config" / "proxy.yaml")
     assert config.listen == TcpAddress("0.0.0.0", 8443)
     assert config.tls.certificates[0].cert == REPO / "config" / "tls" / "ecdsa.pem"
-    assert config.tls.selection.tls12 == CARD_FOP_TLS12_SUITES
+    assert config.tls.selection.tls12 == TLS12_SUITES
     assert config.metrics.listen == TcpAddress("0.0.0.0", 9100)
     assert (config.tls.reload_interval, config.tls.reload_grace) == (5.0, 10.0)
 
@@ -45,7 +48,8 @@ def test_example_config_documents_and_loads_every_setting() -> None:
 def test_defaults() -> None:
     config = parse_config(_base(), Path("/etc/fopproxy"))
     assert (config.timeouts.handshake, config.timeouts.connect, config.timeouts.idle, config.timeouts.drain) == (10, 5, 300, 30)
-    assert config.max_connections == 10000
+    assert (config.max_connections, config.max_connections_set) == (10000, False)
+    assert parse_config(_base(max_connections=10000), Path("/etc/fopproxy")).max_connections_set
     assert config.workers == 1
     assert config.tls.profile_name == "card-fop"
     assert config.metrics.listen is None
@@ -113,7 +117,7 @@ def test_cipher_subset_keeps_profile_order() -> None:
 def test_tls13_profile() -> None:
     raw = _base(tls={"profile": "card-fop-tls13", "certificates": [{"cert": "a", "key": "b"}]})
     config = parse_config(raw, Path("/"))
-    assert config.tls.selection.tls13 == CARD_FOP_TLS13_SUITES
+    assert config.tls.selection.tls13 == TLS13_SUITES
 
 
 def test_unknown_profile() -> None:
@@ -139,8 +143,18 @@ def test_wildcard_server_name_refused() -> None:
     assert problem.startswith("server_name: must be the exact hostname")
 
 
-def test_workers_auto() -> None:
-    assert parse_config(_base(workers="auto"), Path("/")).workers >= 1
+def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
+    """auto follows the CPU affinity (taskset, a container's cpuset), not the machine's count."""
+    cpus = sorted(os.sched_getaffinity(0))
+    for allowed in ({cpus[0]}, set(cpus[:2])):
+        code = (
+            "import os, pathlib\n"
+            f"os.sched_setaffinity(0, {allowed!r})\n"
+            "from fopproxy.config import parse_config\n"
+            f"print(parse_config({_base(workers='auto')!r}, pathlib.Path('/')).workers)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+        assert int(result.stdout) == len(allowed)
 
 
 def test_bad_yaml_names_the_line(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from fopproxy import native
 from fopproxy.errors import ComplianceError
-from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES, PROFILES, select_suites
+from fopproxy.policy import PROFILES, select_suites
 from fopproxy.tls import (
     REQUIRED_OPTIONS,
     agreed_groups,
@@ -16,12 +16,13 @@ from fopproxy.tls import (
     offered_suites,
     verify_context,
 )
+from tests.support.expected import TLS12_SUITES, TLS13_SUITES
 
 
 def test_card_fop_context_offers_exactly_the_six_suites_in_order() -> None:
     ctx = build_context(select_suites(PROFILES["card-fop"], ()), [])
     tls12, _ = offered_suites(ctx)
-    assert tuple(tls12) == CARD_FOP_TLS12_SUITES
+    assert tuple(tls12) == TLS12_SUITES
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
     assert ctx.maximum_version == ssl.TLSVersion.TLSv1_2
 
@@ -36,8 +37,8 @@ def test_tls13_profile_restricts_tls13_suites() -> None:
     """Python has no API for this; the ctypes path must really narrow what OpenSSL offers."""
     ctx = build_context(select_suites(PROFILES["card-fop-tls13"], ()), [])
     tls12, tls13 = offered_suites(ctx)
-    assert tuple(tls13) == CARD_FOP_TLS13_SUITES
-    assert tuple(tls12) == CARD_FOP_TLS12_SUITES
+    assert tuple(tls13) == TLS13_SUITES
+    assert tuple(tls12) == TLS12_SUITES
     assert ctx.maximum_version == ssl.TLSVersion.TLSv1_3
 
 
@@ -51,7 +52,7 @@ def test_verify_context_fails_closed_on_a_widened_context() -> None:
     """A context someone widened (an extra suite) is refused, not served."""
     selection = select_suites(PROFILES["card-fop"], ())
     ctx = build_context(selection, [])
-    ctx.set_ciphers(":".join(CARD_FOP_TLS12_SUITES) + ":ECDHE-RSA-AES256-GCM-SHA384")
+    ctx.set_ciphers(":".join(TLS12_SUITES) + ":ECDHE-RSA-AES256-GCM-SHA384")
     with pytest.raises(ComplianceError, match=r"TLS 1\.2 suites"):
         verify_context(ctx, selection)
 

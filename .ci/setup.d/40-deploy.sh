@@ -2,7 +2,8 @@
 # Deployment tests (tests/deploy): a private dockerd and debootstrap for the container test,
 # systemd-analyze for the unit, promtool for the alert rules, and the CRD schemas of
 # prometheus-operator and cert-manager (npm @kubernetes-models) for the custom resources.
-# kubernetes-validate, kubectl (kustomize) and hadolint come from PyPI with the test extra.
+# kubernetes-validate, kubectl (kustomize) and hadolint come from PyPI with the deploy extra
+# (.ci/run installs it into the virtualenv that runs tests/deploy).
 set -euo pipefail
 apt-get install -y -qq --no-install-recommends docker.io debootstrap systemd prometheus tar >/dev/null
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then

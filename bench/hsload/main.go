@@ -2,7 +2,9 @@
 //
 // -mode hs (default): full TLS handshakes. Each of -c workers loops: dial, handshake, send
 // "GET <path> HTTP/1.0", read to EOF, close. No ClientSessionCache, so it never resumes (wrk and
-// h2load resume on reconnect and so measure resumption, not full handshakes).
+// h2load resume on reconnect and so measure resumption, not full handshakes). With -resume each
+// worker keeps its own one-entry session cache (a returning client): every connection after its
+// first offers the last session (ID, ticket or TLS 1.3 PSK) and "resumed" counts the ones taken.
 //
 // -mode idle: opens -n keep-alive TLS connections (-c at a time); on each it POSTs -up bytes to
 // /sink and GETs -path (the download), then leaves the connection open and idle. Prints one JSON
@@ -40,6 +42,7 @@ func main() {
 	up := flag.Int("up", 65536, "bytes to upload per connection (idle)")
 	hold := flag.Duration("hold", 120*time.Second, "longest hold (idle)")
 	total := flag.Int("total", 0, "stop after this many connections (hs; 0: run for -d)")
+	resume := flag.Bool("resume", false, "hs: each worker offers its last session (a returning client)")
 	flag.Parse()
 	cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}
 	if *tls13 {
@@ -49,10 +52,10 @@ func main() {
 		idle(*addr, *path, *conc, *n, *up, *hold, cfg)
 		return
 	}
-	handshakes(*addr, *path, *conc, *dur, int64(*total), cfg)
+	handshakes(*addr, *path, *conc, *dur, int64(*total), cfg, *resume)
 }
 
-func handshakes(addr, path string, conc int, dur time.Duration, limit int64, cfg *tls.Config) {
+func handshakes(addr, path string, conc int, dur time.Duration, limit int64, shared *tls.Config, resume bool) {
 	req := []byte("GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n")
 	var ok, errs, resumed, started int64
 	var mu sync.Mutex
@@ -64,6 +67,11 @@ func handshakes(addr, path string, conc int, dur time.Duration, limit int64, cfg
 	start := time.Now()
 	for i := 0; i < conc; i++ {
 		wg.Add(1)
+		cfg := shared
+		if resume {
+			cfg = shared.Clone()
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+		}
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 4096)

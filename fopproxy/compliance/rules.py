@@ -48,6 +48,8 @@ RULES: dict[str, Rule | CertificateRule] = {
     "suites.tls13": Rule("fop", "TLS 1.3 only with the same algorithms (AES128-GCM, CHACHA20)"),
     "key_exchange": Rule("fop", "key exchange is ECDHE only"),
     "server_preference": Rule("fop", "server picks the suite, in the documented order"),
+    "resumption": Rule("fop", "returning clients resume (session ID, ticket or TLS 1.3 PSK)"),
+    "early_data": Rule("fop", "no 0-RTT early data: TLS 1.3 tickets allow none (replay)"),
     "certificates.key_types": CERTIFICATE_RULE["certificates.key_types"],
     "startup": Rule("fop", "fopproxy run accepts this configuration"),
     # Not a rule function: parsing the file is what gives the rules a chain to judge.

@@ -23,9 +23,11 @@ import certifi
 from cryptography import x509
 
 from fopproxy.compliance.report import Report
+from fopproxy.compliance.resumption import Resumption
+from fopproxy.compliance.resumption import probe as resumption_probe
 from fopproxy.compliance.rules import Result, Status, certificate_results, describe_certificate
 from fopproxy.errors import ComplianceError, FopproxyError
-from fopproxy.native import set_groups, set_tls13_suites, unverified_chain
+from fopproxy.native import session_max_early_data, set_groups, set_tls13_suites, unverified_chain
 from fopproxy.policy import CARD_FOP_GROUPS, CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES
 
 # `@SECLEVEL=0`: at OpenSSL 3's default level a client cannot even offer TLS 1.0/1.1 or SHA-1
@@ -356,6 +358,10 @@ def scan(target: Target) -> Report:
     if not served:
         report.add(Result("cert.trust", "served certificate", "FAIL", "no handshake completed"))
     report.add(_hostname_result(target, _hostname_probe(target)))
+    resumption = resumption_probe(
+        target.host, target.port, target.sni, target.timeout, session_max_early_data
+    )
+    report.add(*_resumption_results(resumption, tls13_on))
     ids = {c["name"]: f"0x{c['id'] & 0xFFFF:04X}" for c in candidates}
     report.facts = {
         "protocols": {name: {"state": p.state, "detail": p.detail} for name, p in versions.items()},
@@ -375,8 +381,48 @@ def scan(target: Target) -> Report:
             {g for (v, g), p in groups.items() if v in served_versions and p.state == "untested"}
         ),
         "certificates": certificates,
+        "resumption": {
+            "session_id": resumption.session_id,
+            "tickets": resumption.tickets,
+            "tls13_psk": resumption.tls13_psk if tls13_on else "untested",
+            "max_early_data": resumption.max_early_data,
+        },
     }
     return report
+
+
+def _resumption_results(found: Resumption, tls13_on: bool) -> list[Result]:
+    """Resumption is recommended (a WARN when absent); early data must be refused (a FAIL)."""
+    detail = (
+        f"session ID: {found.session_id}, TLS 1.2 ticket: {found.tickets}"
+        + (f", TLS 1.3 PSK: {found.tls13_psk}" if tls13_on else "")
+    )
+    tried = (found.session_id, found.tickets, *((found.tls13_psk,) if tls13_on else ()))
+    if found.resumes:
+        resumed = Result("resumption", "server", "PASS", detail)
+    elif all(state == "untested" for state in tried):
+        resumed = Result("resumption", "server", "SKIP", f"could not be probed ({detail})")
+    else:
+        resumed = Result(
+            "resumption", "server", "WARN",
+            f"no returning client resumes: every reconnection pays a full handshake ({detail})",
+        )
+    if not tls13_on:
+        early = Result("early_data", "server", "SKIP", "TLS 1.3 is not served: no 0-RTT")
+    elif found.max_early_data is None:
+        early = Result(
+            "early_data", "server", "SKIP",
+            "no TLS 1.3 ticket to read the limit from (or the local runtime cannot read it)",
+        )
+    elif found.max_early_data:
+        early = Result(
+            "early_data", "server", "FAIL",
+            f"TLS 1.3 tickets allow {found.max_early_data} bytes of 0-RTT early data, which an "
+            "attacker can replay: turn early data off",
+        )
+    else:
+        early = Result("early_data", "server", "PASS", "TLS 1.3 tickets allow no early data")
+    return [resumed, early]
 
 
 def _version_results(versions: dict[Version, Probe]) -> list[Result]:

@@ -97,6 +97,25 @@ class FopproxyCollector(Collector):
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
             "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
         )
+        resumed = CounterMetricFamily(
+            "fopproxy_tls_resumptions",
+            "TLS handshakes that resumed a session (ID, ticket or TLS 1.3 PSK), by protocol "
+            "version; the rest of fopproxy_tls_handshakes_total were full handshakes",
+            labels=["version"],
+        )
+        for version in sorted({"TLSv1.2", *snap.resumptions}):
+            resumed.add_metric([version], snap.resumptions.get(version, 0))
+        yield resumed
+        yield CounterMetricFamily(
+            "fopproxy_tls_ticket_key_rotations",
+            "Session-ticket key changes: a scheduled rotation or a new key file",
+            value=snap.ticket_key_rotations,
+        )
+        yield CounterMetricFamily(
+            "fopproxy_tls_ticket_key_reload_failures",
+            "Session-ticket key files that could not be used (the keys in force stayed)",
+            value=snap.ticket_key_reload_failures,
+        )
         yield _histogram_family(
             "fopproxy_tls_handshake_duration_seconds",
             "Time from accept to a completed TLS handshake",

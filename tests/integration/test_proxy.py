@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fopproxy.policy import CARD_FOP_TLS12_SUITES
 from tests.conftest import SERVER_NAME, ConfigFactory, TLSFiles
 from tests.support.backends import ThreadedBackend, free_port, http_handler
-from tests.support.proxy import ProxyProcess, client_context, tls_connect
+from tests.support.expected import TLS12_SUITES
+from tests.support.proxy import ProxyProcess, client_context, read_to_end, tls_connect
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def _echo_roundtrip(sock: ssl.SSLSocket, payload: bytes) -> bytes:
     return received
 
 
-@pytest.mark.parametrize("suite", CARD_FOP_TLS12_SUITES)
+@pytest.mark.parametrize("suite", TLS12_SUITES)
 def test_each_card_fop_suite_negotiates_with_dual_certificates(proxy: ProxyProcess, tls_files: TLSFiles, suite: str) -> None:
     """Each of the six suites works, and the certificate type follows the suite (ECDSA vs RSA)."""
     ctx = client_context(tls_files.cafile, ciphers=suite, maximum_version=ssl.TLSVersion.TLSv1_2)
@@ -216,13 +215,11 @@ def test_backend_down_closes_client_promptly(tmp_path: Path, proxy_config: Confi
     with ProxyProcess(tmp_path, proxy_config(dead)) as proxy:
         ctx = client_context(tls_files.cafile)
         started = time.monotonic()
-        with tls_connect(proxy.host, proxy.port, ctx, SERVER_NAME) as sock:
+        with tls_connect(proxy.host, proxy.port, ctx, SERVER_NAME, ragged_eof_is_error=True) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
-            try:
-                data = sock.recv(100)
-            except (ssl.SSLEOFError, ConnectionResetError):
-                data = b""
+            data, how = read_to_end(sock)
         assert data == b""
+        assert how != "close_notify", "an answer that never came must not look complete"
         assert time.monotonic() - started < 2.0
         log = proxy.wait_for_log("backend_connect:refused")
     assert f"backend {dead} unavailable (refused)" in log
@@ -262,7 +259,8 @@ def test_max_connections_sheds_before_handshake(tmp_path: Path, proxy_config: Co
         assert _echo_roundtrip(first, b"still here") == b"still here"
         first.close()
         second.close()
-        time.sleep(0.3)
+        # Both slots are free once both closes are logged (the shed client logs no such line).
+        proxy.wait_for_log("connection closed", count=2)
         with tls_connect(proxy.host, proxy.port, ctx, SERVER_NAME) as again:
             assert _echo_roundtrip(again, b"back") == b"back"
 
@@ -274,7 +272,7 @@ def test_sigterm_drains_open_connection_then_exits_zero(tmp_path: Path, proxy_co
     ctx = client_context(tls_files.cafile)
     with tls_connect(proxy.host, proxy.port, ctx, SERVER_NAME) as sock:
         proxy.signal(signal.SIGTERM)
-        time.sleep(0.5)
+        proxy.wait_for_log("draining 1 open connections")  # logged once the listener is closed
         with pytest.raises(OSError):
             socket.create_connection((proxy.host, proxy.port), timeout=2).close()
         assert _echo_roundtrip(sock, b"during drain") == b"during drain"
@@ -312,10 +310,6 @@ def test_unix_socket_backend(tmp_path: Path, proxy_config: ConfigFactory, tls_fi
             sock.sendall(b"hello unix")
             assert sock.recv(100) == b"HELLO UNIX"
     server.close()
-
-
-def test_openssl_is_on_path() -> None:
-    assert shutil.which("openssl"), "openssl is needed for the s_client tests"
 
 
 def test_json_connection_log(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend) -> None:

@@ -84,6 +84,25 @@ def test_compliant_nginx_passes(nginx: Callable[..., Nginx], tls_files: TLSFiles
     assert report["facts"]["groups_accepted"] == {"TLSv1.2": ["X25519", "P-256", "P-384"]}
 
 
+def test_nginx_resumption_passes_and_0rtt_fails(nginx: Callable[..., Nginx], tls_files: TLSFiles) -> None:
+    """nginx resumes by ticket (PASS; by session ID only with an ssl_session_cache, which this
+    one lacks); with ssl_early_data on its TLS 1.3 tickets allow 0-RTT and early_data fails; with
+    it off (nginx's default) early_data passes."""
+    server = nginx(dual(tls_files), protocols="TLSv1.2 TLSv1.3", extra="ssl_early_data on;")
+    code, report = run_scan(server.address, tls_files.cafile)
+    assert code == 1
+    assert statuses(report, "resumption") == {"server": "PASS"}
+    assert statuses(report, "early_data") == {"server": "FAIL"}
+    assert report["facts"]["resumption"]["max_early_data"] > 0
+    quiet = nginx(dual(tls_files), protocols="TLSv1.2 TLSv1.3")
+    _, report = run_scan(quiet.address, tls_files.cafile)
+    assert statuses(report, "early_data") == {"server": "PASS"}
+    assert report["facts"]["resumption"] == {
+        "session_id": "full handshake", "tickets": "resumed", "tls13_psk": "resumed",
+        "max_early_data": 0,
+    }
+
+
 def test_nginx_accepting_tls10_is_flagged(nginx: Callable[..., Nginx], tls_files: TLSFiles) -> None:
     """TLS 1.0 enabled (with a suite it can use): the TLSv1 protocol line fails, exit 1."""
     server = nginx(dual(tls_files), protocols="TLSv1 TLSv1.2", ciphers=SIX + ":ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0")

@@ -21,6 +21,7 @@ from tests.reliability.support import (
     wait_until,
 )
 from tests.support.backends import free_port
+from tests.support.proxy import read_to_end
 
 
 def _connect(proxy, ctx: ssl.SSLContext) -> ssl.SSLSocket:  # type: ignore[no-untyped-def]
@@ -33,15 +34,7 @@ def _wait_any(proxy, texts: tuple[str, ...], total: int, timeout: float = 15.0) 
 
 def _read_to_end(sock: ssl.SSLSocket) -> tuple[bytes, str]:
     """Read until the stream ends; says how: 'close_notify', 'eof-without-close_notify' or 'reset'."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ssl.SSLEOFError:
-        return data, "eof-without-close_notify"
-    except ConnectionResetError:
-        return data, "reset"
-    return data, "close_notify"
+    return read_to_end(sock)
 
 
 def test_backend_refused_closes_client_promptly(start_proxy: StartProxy, canary_for, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:

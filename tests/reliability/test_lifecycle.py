@@ -85,7 +85,7 @@ async def test_sighup_during_load_drops_nothing(start_proxy: StartProxy, echo_se
     fresh = []
     for count in range(1, 6):
         proxy.signal(signal.SIGHUP)
-        # One reload at a time: signals sent faster than the loop takes them would merge into one.
+        # Each reload is done (and logged) while the transfers still run; the next one follows.
         await asyncio.to_thread(proxy.wait_for_log, "SIGHUP: reloading certificates", count=count)
         fresh.append(asyncio.ensure_future(_paced_transfer(proxy.host, proxy.port, ctx, 99)))
     unfinished = sum(not t.done() for t in transfers)

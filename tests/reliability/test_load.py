@@ -45,7 +45,7 @@ async def _stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, st
     return received == payload
 
 
-async def _round(proxy: ProxyProcess, ctx: ssl.SSLContext, base_fds: int) -> dict[str, float]:
+async def _round(proxy: ProxyProcess, ctx: ssl.SSLContext, base_fds: int, rounds_done: int) -> dict[str, float]:
     """Open STREAMS connections at once, then stream on all of them at the same moment."""
     gate = asyncio.Semaphore(200)
     started = time.monotonic()
@@ -61,7 +61,8 @@ async def _round(proxy: ProxyProcess, ctx: ssl.SSLContext, base_fds: int) -> dic
     assert all(results), f"{results.count(False)} streams came back different"
     assert peak_fds >= base_fds + 2 * STREAMS - 10  # all open at once: client + backend sockets
     assert await asyncio.to_thread(wait_until, lambda: open_fds(proxy.pid) <= base_fds, 20)
-    await asyncio.sleep(5.5)  # one heap-trim period after the burst
+    # The proxy hands the burst's heap back and says so (debug log); measure after that.
+    await asyncio.to_thread(proxy.wait_for_log, "heap trimmed", count=rounds_done + 1, timeout=30)
     end_rss, end_fds = figures(proxy.pid)
     return {"opened": opened, "streamed": streamed, "peak_rss": peak_rss, "peak_fds": peak_fds,
             "end_rss": end_rss, "end_fds": end_fds}
@@ -72,9 +73,10 @@ async def test_2000_concurrent_streams_byte_exact(start_proxy: StartProxy, echo_
     twice, and the second round leaves no more memory or descriptors behind than the first."""
     if NOFILE < 3 * STREAMS:
         pytest.skip(f"the hard RLIMIT_NOFILE allows only {NOFILE} descriptors; this test needs {3 * STREAMS}")
-    proxy = start_proxy(echo_server.address, timeouts=None)  # the default config
+    # The default config, with debug logs: the heap-trim line marks the end of a burst.
+    proxy = start_proxy(echo_server.address, timeouts=None, logging={"level": "debug"})
     base_rss, base_fds = figures(proxy.pid)
-    rounds = [await _round(proxy, ctx, base_fds) for _ in range(2)]
+    rounds = [await _round(proxy, ctx, base_fds, done) for done in range(2)]
     for index, r in enumerate(rounds, 1):
         print(f"round {index}: {STREAMS} concurrent streams opened in {r['opened']:.1f}s, "
               f"{STREAMS * PER_STREAM * 2 / 2**20:.0f} MiB streamed in {r['streamed']:.1f}s; "
@@ -171,7 +173,7 @@ def test_low_soft_fd_limit_is_raised_to_the_hard_limit(start_proxy: StartProxy, 
 
 def test_sustained_churn_rss_settles(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
     """Three waves of 300 short connections: RSS after the third is no higher than after the first."""
-    proxy = start_proxy(echo_server.address)
+    proxy = start_proxy(echo_server.address, logging={"level": "debug"})
     after = []
     for _ in range(3):
         held = [Canary(proxy.host, proxy.port, ctx) for _ in range(300)]
@@ -180,7 +182,7 @@ def test_sustained_churn_rss_settles(start_proxy: StartProxy, echo_server: Async
         for canary in held:
             canary.close()
         wait_until(lambda: open_fds(proxy.pid) < 20, 5)
-        time.sleep(5.5)  # one heap-trim period
+        proxy.wait_for_log("heap trimmed", count=len(after) + 1, timeout=30)  # the wave is over
         after.append(rss_kib(proxy.pid))
     print(f"RSS after each of 3 waves of 300 connections: {after} KiB")
     assert after[2] - after[0] < 4 * 1024
@@ -210,18 +212,31 @@ async def test_idle_connections_give_their_buffers_back(start_proxy: StartProxy,
     assert all([await _carry(r, w, IDLE_TRAFFIC, i) for i, (r, w) in enumerate(warm)])
     for _, writer in warm:
         writer.close()
-    await asyncio.sleep(1.5)
+    await asyncio.to_thread(proxy.wait_for_log, "connection closed", count=len(warm))
     base = rss_kib(proxy.pid)
     connections = await asyncio.gather(*(_open(proxy.host, proxy.port, ctx, gate) for _ in range(IDLE_CONNECTIONS)))
     assert all(await asyncio.gather(*(_carry(r, w, IDLE_TRAFFIC, i) for i, (r, w) in enumerate(connections))))
     busy = rss_kib(proxy.pid)
-    await asyncio.sleep(3.5)  # quiet for two sweeps (one a second)
+    # Idle connections give their buffers back at a sweep: wait for the RSS to show it (or not).
+    started = time.monotonic()
+    await asyncio.to_thread(wait_until, lambda: rss_kib(proxy.pid) - base <= IDLE_KIB_LIMIT * IDLE_CONNECTIONS, 10)
+    settled = time.monotonic() - started
     idle = rss_kib(proxy.pid)
     per_connection = (idle - base) / IDLE_CONNECTIONS
     print(f"{IDLE_CONNECTIONS} connections after {IDLE_TRAFFIC // 1024} KiB each way: RSS {base} -> {busy} "
-          f"(just after) -> {idle} KiB (idle 3.5 s): {per_connection:.1f} KiB per idle connection")
+          f"(just after) -> {idle} KiB (idle {settled:.1f} s): {per_connection:.1f} KiB per idle connection")
     assert per_connection <= IDLE_KIB_LIMIT
     # The freed buffers come back on demand: every connection relays again, byte-exact.
     assert all(await asyncio.gather(*(_carry(r, w, 4096, i) for i, (r, w) in enumerate(connections))))
     for _, writer in connections:
         writer.close()
+
+
+def test_default_max_connections_fits_the_file_limit_quietly(start_proxy: StartProxy, echo_server: AsyncBackend) -> None:
+    """`ulimit -n 20000` serves 9,984: no WARNING for the default, one for a user's own 10000."""
+    quiet = start_proxy(echo_server.address, nofile=20000)
+    log = quiet.wait_for_log("serving at most 9984 connections")
+    assert "WARNING" not in log, log
+    warned = start_proxy(echo_server.address, nofile=20000, max_connections=10000)
+    log = warned.wait_for_log("max_connections is 10000 but the open-file limit")
+    assert "WARNING" in log and "serving at most 9984" in log, log

@@ -31,6 +31,7 @@ class Nginx:
         server_name: str = "api.example.test",
         prefer_server: bool = True,
         curves: str = "X25519:prime256v1:secp384r1",
+        extra: str = "",
     ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,7 @@ http {{
       ssl_ciphers "{ciphers}";
       ssl_prefer_server_ciphers {"on" if prefer_server else "off"};
       ssl_ecdh_curve {curves};
+      {extra}
       location / {{ return 200 "ok\\n"; }}
   }}
 }}

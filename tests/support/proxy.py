@@ -143,6 +143,11 @@ class ProxyProcess:
 def client_context(cafile: Path | None = None, *, verify: bool = True, **settings: Any) -> ssl.SSLContext:
     """A client context; `ciphers`, `minimum_version`, `maximum_version` may be given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Debian's and Ubuntu's CPython builds set OP_IGNORE_UNEXPECTED_EOF on every new context, so
+    # a TCP end without close_notify reads as a clean end (b"") there, like a close_notify. The
+    # tests must tell the two apart (a truncated answer must not look complete): clear it, as
+    # python.org builds, openssl s_client and curl never set it.
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     if verify and cafile is not None:
         ctx.load_verify_locations(cafile)
     else:
@@ -156,10 +161,34 @@ def client_context(cafile: Path | None = None, *, verify: bool = True, **setting
     return ctx
 
 
-def tls_connect(host: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float = 10.0) -> ssl.SSLSocket:
+def tls_connect(host: str, port: int, ctx: ssl.SSLContext, server_name: str | None, timeout: float = 10.0, *, ragged_eof_is_error: bool = False) -> ssl.SSLSocket:
+    """A connected TLS socket; with ragged_eof_is_error a TCP end without close_notify raises."""
     raw = socket.create_connection((host, port), timeout=timeout)
     try:
-        return ctx.wrap_socket(raw, server_hostname=server_name)
+        return ctx.wrap_socket(raw, server_hostname=server_name, suppress_ragged_eofs=not ragged_eof_is_error)
     except BaseException:
         raw.close()
         raise
+
+
+def read_to_end(sock: ssl.SSLSocket) -> tuple[bytes, str]:
+    """Read until the stream ends; says how: 'close_notify', 'eof-without-close_notify' or 'reset'.
+
+    The socket must come from `client_context` (which does not take a bare TCP end for a
+    close_notify) and be wrapped with suppress_ragged_eofs=False.
+    """
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ssl.SSLEOFError:
+        return data, "eof-without-close_notify"
+    except ConnectionResetError:
+        return data, "reset"
+    except ssl.SSLError as exc:
+        # Some CPython builds (Debian's 3.11.2) raise OpenSSL 3's unexpected EOF as a plain
+        # SSLError rather than SSLEOFError.
+        if exc.reason == "UNEXPECTED_EOF_WHILE_READING":
+            return data, "eof-without-close_notify"
+        raise
+    return data, "close_notify"
