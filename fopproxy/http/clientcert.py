@@ -45,7 +45,10 @@ def chain_of(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
 
 
 def _der(cert: object) -> bytes:
-    # ssl.Certificate (3.13) writes PEM by default; its DER constant lives in private _ssl.
+    # SSLObject.get_verified_chain (3.13) gives DER bytes; the C object's gives ssl.Certificate,
+    # which writes PEM by default (its DER constant lives in private _ssl).
+    if isinstance(cert, bytes):
+        return cert
     pem = cert.public_bytes()  # type: ignore[attr-defined]
     return pem_to_der(pem.encode() if isinstance(pem, str) else pem)
 
