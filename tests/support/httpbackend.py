@@ -5,6 +5,7 @@ so a test can tell that nothing of a refused request reached it. Routes:
 - `/headers`: the request headers as JSON pairs, in order;
 - `/bytes/N` (`?chunked=1`): N bytes of a known pattern, Content-Length or chunked, streamed;
 - `/upload`: reads the body (Content-Length or chunked) and answers its length and SHA-256;
+- any route with `?stall=1`: waits 1.5 s before reading the request body;
 - `/seq/I` (`?chunked=1`): the text `I`;
 - `/sleep/S`: answers after S seconds;
 - `/close`: answers with Connection: close;
@@ -94,6 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
+        if "stall=1" in self.path:
+            time.sleep(1.5)  # a backend slow to read the body: the proxy must not buffer it
         size, digest = self._read_body()
         path, _, query = self.path.partition("?")
         self.server.record(self.command, self.path, self.headers.items(), size, digest)
