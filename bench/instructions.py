@@ -74,6 +74,7 @@ def measure(
                 "PORT_RSA": d.free_port(),
                 "WORKERS": 1,
                 "NGX_PROXY_BUF": "16k",
+                "PROTOCOLS": "TLSv1.2",
             },
         )
         argv += ["nginx", "-p", str(rd), "-c", str(conf), "-g", "daemon off; master_process off;"]
@@ -160,7 +161,7 @@ def main() -> int:
     ap.add_argument("--certs", default=str(HERE / ".work" / "certs"))
     ap.add_argument("--rundir", default=str(HERE / "results" / time.strftime("ir-%Y%m%dT%H%M%S")))
     a = ap.parse_args()
-    a.workers, a.fopproxy_extra = 1, ""
+    a.workers, a.fopproxy_extra, a.tls13 = 1, "", False  # what driver.fopproxy_config reads
     d.ensure_certs(Path(a.certs))
     rd = Path(a.rundir)
     (rd / "www").mkdir(parents=True, exist_ok=True)
