@@ -345,3 +345,27 @@ async def test_preamble_opens_every_backend_connection() -> None:
     h.backend.protocol.eof_received()
     await h.send(get("/b"))
     assert [b.written.split(b"\r\n", 1)[0] for b in h.backends] == [b"PROXY TCP4 192.0.2.7 192.0.2.1 5555 443"] * 2
+
+
+async def test_pipelining_is_bounded() -> None:
+    """Thousands of tiny requests in one read: 64 wait, the next is refused after their answers."""
+    h = Harness()
+    await h.send(get("/x") * 1000)
+    assert len(h.pump.requests) == 64
+    for _ in range(64):
+        h.backend.answer(ok(b"x"))
+    assert h.client.received.count(b"HTTP/1.1 200 OK") == 64
+    assert h.client.received.endswith(b"400 Bad Request\n")
+    assert h.client.finished == (True, "pipeline_too_deep")
+
+
+async def test_backend_head_that_never_ends_is_bounded() -> None:
+    h = Harness()
+    await h.send(get("/a"))
+    h.backend.answer(b"HTTP/1.1 200 OK\r\nX-Long: ")
+    for _ in range(100):
+        if h.client.finished:
+            break
+        h.backend.answer(b"a" * 4096)
+    assert h.client.received.startswith(b"HTTP/1.1 200 OK\r\nX-Long: ")  # relayed as it came
+    assert h.client.finished == (False, "bad_response")  # then cut: the answer cannot end well

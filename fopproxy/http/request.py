@@ -56,6 +56,8 @@ ROLES = {
     False: _ROLES_BASE,
     True: {**_ROLES_BASE, **dict.fromkeys(FORWARDED_HEADERS, _DROP)},
 }
+# Requests parsed and waiting for the answers before them; one more is refused (400).
+MAX_PIPELINED = 64
 # Trailer fields of one chunked body we will hold (to drop) before refusing the request.
 MAX_TRAILER_FIELDS = 64
 # Beyond the limit itself, an unfinished head may hold this much before it is refused (it only
@@ -235,6 +237,9 @@ class RequestReader:
         request.keep_alive = parser.should_keep_alive()
         headers, self._headers = self._headers, []  # trailers, if any, go to the new list
         request.out.append(self._backend_head(request, method, version, headers))
+        if len(self.requests) >= MAX_PIPELINED:
+            # One read can hold thousands of tiny requests; each waiting one costs memory.
+            self._fail(400, "pipeline_too_deep")
         self.requests.append(request)
 
     def _backend_head(

@@ -26,8 +26,8 @@ class ResponseTracker:
     """Follows the responses on one backend connection, one request at a time."""
 
     __slots__ = (
-        "_framed", "_head", "_head_only", "_parser", "body_bytes", "complete", "final_status",
-        "keep_alive", "started", "status", "until_close",
+        "_framed", "_head", "_head_fed", "_head_only", "_in_head", "_parser", "body_bytes",
+        "complete", "final_status", "keep_alive", "started", "status", "until_close",
     )
 
     def __init__(self) -> None:
@@ -45,6 +45,8 @@ class ResponseTracker:
         self._head = b""
         self.status = 0
         self._framed = False
+        self._in_head = True
+        self._head_fed = 0
         self.final_status = 0
         self.complete = False
         self.keep_alive = True
@@ -62,6 +64,11 @@ class ResponseTracker:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             raise ResponseError(str(exc)) from None
+        if self._in_head:
+            # httptools holds an unfinished header until it ends: bound a head that never does.
+            self._head_fed += len(data)
+            if self._head_fed > MAX_RESPONSE_HEAD:
+                raise ResponseError("response head too large")
 
     def _feed_heads(self, data: bytes) -> None:
         buffer = self._head + data
@@ -100,6 +107,8 @@ class ResponseTracker:
 
     def on_headers_complete(self) -> None:
         self.status = status = self._parser.get_status_code()
+        self._in_head = False
+        self._head_fed = 0
         if status == 101:
             raise ResponseError("101 Switching Protocols: upgrades are refused")
         # RFC 9112 6.3: no length, not chunked, not 204/304: the body runs to the close.
@@ -110,7 +119,8 @@ class ResponseTracker:
 
     def on_message_complete(self) -> None:
         if self.status < 200:
-            return  # 100 Continue, 103 Early Hints: the final answer is still to come
+            self._in_head = True  # 100 Continue, 103 Early Hints: the final answer is to come
+            return
         if self.complete:
             raise ResponseError("a second response with no request outstanding")
         self.final_status = self.status

@@ -24,7 +24,7 @@ DURATION_BUCKETS = (
 # Why the proxy answered a request itself (or could not answer it at all).
 ERROR_REASONS = (
     "bad_request", "bad_version", "transfer_encoding", "host", "connection_header",
-    "header_too_large", "upgrade_refused", "backend_unavailable", "backend_timeout",
+    "header_too_large", "pipeline_too_deep", "upgrade_refused", "backend_unavailable", "backend_timeout",
     "backend_reset", "bad_response",
 )
 
