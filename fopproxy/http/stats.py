@@ -24,8 +24,8 @@ DURATION_BUCKETS = (
 # Why the proxy answered a request itself (or could not answer it at all).
 ERROR_REASONS = (
     "bad_request", "bad_version", "transfer_encoding", "host", "connection_header",
-    "header_too_large", "pipeline_too_deep", "upgrade_refused", "backend_unavailable", "backend_timeout",
-    "backend_reset", "bad_response",
+    "header_too_large", "pipeline_too_deep", "upgrade_refused", "backend_unavailable",
+    "backend_timeout", "backend_reset", "bad_response",
 )
 
 
