@@ -201,14 +201,13 @@ class RequestReader:
 
     # ---- llhttp callbacks ----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._current = Request(perf_counter())
-        self._headers = []
-        self._url = []
-        self._head_size = 0
-        self._in_head = True
-
     def on_url(self, url: bytes) -> None:
+        # The first callback of a request (no on_message_begin: one Python call less each).
+        if self._current is None:
+            self._current = Request(perf_counter())
+            self._headers = []
+            self._url = []
+            self._head_size = 0
         self._url.append(url)  # may come in pieces, one per feed
         self._head_size += len(url)
         if self._head_size > self.max_header_bytes:

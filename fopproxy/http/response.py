@@ -97,9 +97,6 @@ class ResponseTracker:
 
     # ---- llhttp callbacks ----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._framed = False
-
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only the length of the name is looked at for most headers: no lower() per header.
         if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
@@ -120,6 +117,7 @@ class ResponseTracker:
     def on_message_complete(self) -> None:
         if self.status < 200:
             self._in_head = True  # 100 Continue, 103 Early Hints: the final answer is to come
+            self._framed = False
             return
         if self.complete:
             raise ResponseError("a second response with no request outstanding")
