@@ -309,7 +309,7 @@ server_name: "{SERVER_NAME}"
 tls:
   certificates:
     - {{cert: "{a.certs}/{cert}.crt", key: "{a.certs}/{cert}.key"}}
-  profile: {"card-fop-tls13" if a.tls13 else "card-fop"}
+  profile: {"card-fop-tls13" if getattr(a, "tls13", False) else "card-fop"}
 workers: {a.workers}
 logging:
   connections: true

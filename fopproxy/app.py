@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -21,6 +22,9 @@ from fopproxy.server import Worker
 from fopproxy.stats import Stats
 from fopproxy.tickets import KeyRing
 
+if TYPE_CHECKING:
+    from fopproxy.outbound.service import OutboundService
+
 log = logging.getLogger("fopproxy")
 
 # Something a worker runs next to its listener: entered after the listener is bound, exited
@@ -28,8 +32,14 @@ log = logging.getLogger("fopproxy")
 WorkerHook = Callable[[Worker], contextlib.AbstractAsyncContextManager[None]]
 
 
-def new_store(config: Config, stats: Stats, tickets: KeyRing | None = None) -> CertificateStore:
-    """Load and validate the certificates; raises CertificateError (exit 2) when unusable."""
+def new_store(
+    config: Config, stats: Stats, tickets: KeyRing | None = None
+) -> CertificateStore | None:
+    """Load and validate the certificates; raises CertificateError (exit 2) when unusable.
+
+    None where the config has no inbound listener (outbound only)."""
+    if config.tls is None or config.server_name is None:
+        return None
     return CertificateStore(
         config.tls.certificates,
         config.server_name,
@@ -37,6 +47,28 @@ def new_store(config: Config, stats: Stats, tickets: KeyRing | None = None) -> C
         stats,
         grace=config.tls.reload_grace,
         tickets=tickets,
+        client_auth=config.tls.client_auth,
+    )
+
+
+def new_outbound(config: Config, stats: Stats) -> OutboundService | None:
+    """The outbound listeners' service, trust and client certificates validated (exit 2 if not).
+
+    Reload timing follows `tls.reload_interval`/`reload_grace` where the inbound side has them.
+    """
+    if not config.outbound:
+        return None
+    from fopproxy.outbound.service import OutboundService
+
+    tls = config.tls
+    return OutboundService(
+        config.outbound,
+        stats,
+        max_connections=config.max_connections,
+        log_connections=config.logging.connections,
+        reload_interval=tls.reload_interval if tls else 5.0,
+        reload_grace=tls.reload_grace if tls else 10.0,
+        backlog=config.backlog,
     )
 
 
@@ -60,7 +92,8 @@ async def serve_worker(
     loop = asyncio.get_running_loop()
     stats = Stats()
     store = new_store(config, stats, tickets)
-    worker = Worker(config, store, stats, reuse_port=reuse_port)
+    outbound = new_outbound(config, stats)
+    worker = Worker(config, store, stats, reuse_port=reuse_port, outbound=outbound)
     previous = signals.block()  # a caller other than the CLI (a test) gets the same guarantee
     worker.install_signal_handlers(loop)
     signals.unblock()
@@ -69,14 +102,15 @@ async def serve_worker(
             await worker.start()
             for hook in hooks:
                 await running.enter_async_context(hook(worker))
-            certs = ", ".join(
-                f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
-                for c in store.current.certificates
-            )
-            log.info(
-                "listening on %s -> %s, profile %s, pid %d, certificates: %s",
-                config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
-            )
+            if store is not None and config.tls is not None:
+                certs = ", ".join(
+                    f"{c.label} ({c.key_description}, expires {c.not_after:%Y-%m-%d})"
+                    for c in store.current.certificates
+                )
+                log.info(
+                    "listening on %s -> %s, profile %s, pid %d, certificates: %s",
+                    config.listen, config.backend, config.tls.profile_name, os.getpid(), certs,
+                )
             if ready is not None:
                 ready()
             return await worker.serve()

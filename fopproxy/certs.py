@@ -22,7 +22,14 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
-from fopproxy.certrules import Evidence, PrivateKey, covers, refusal
+from fopproxy.certrules import Evidence, PrivateKey, covers, is_self_signed, refusal
+from fopproxy.clientauth import (
+    CA_KEY,
+    ClientAuthConfig,
+    ClientCA,
+    ClientTrust,
+    ca_to_read,
+)
 from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
@@ -154,13 +161,14 @@ def certificate_evidence(
     cert_pem: bytes,
     key_pem: bytes,
     password: bytes | None,
-    server_name: str,
-    selection: SuiteSelection,
+    server_name: str | None,
+    selection: SuiteSelection | None,
     now: datetime | None = None,
     *,
     search_roots: bool = True,
 ) -> Evidence:
-    """What the certificate rules judge for one configured entry.
+    """What the certificate rules judge for one configured entry (a client certificate has no
+    server name to cover and no suite selection to fit: None).
 
     An unreadable chain raises CertificateParseError (there is nothing to judge); an unreadable
     key does not: it is the key-match rule's finding, so `check` can go on judging the chain.
@@ -223,7 +231,7 @@ def _validate_certificate(
 
 
 @contextlib.contextmanager
-def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
+def memory_files(*blobs: bytes) -> Iterator[list[str]]:
     """Paths that read back exactly `blobs`, without the key ever touching a disk.
 
     `load_cert_chain` only takes paths; handing it what we validated (rather than re-reading the
@@ -253,15 +261,21 @@ def _memory_files(*blobs: bytes) -> Iterator[list[str]]:
             tmpdir.cleanup()
 
 
-def _session_context(members: Sequence[LoadedCertificate]) -> bytes:
-    """A session id context naming exactly these certificates (and so their names).
+def _session_context(
+    members: Sequence[LoadedCertificate], client_trust: ClientTrust | None = None
+) -> bytes:
+    """A session id context naming exactly these certificates (and so their names), and the
+    client-certificate settings sessions were authenticated under.
 
-    OpenSSL resumes a TLS 1.2 session only where the context it was made under matches, so a
-    session made with one certificate is never resumed on a context serving another.
+    OpenSSL resumes a session (ID, ticket or TLS 1.3 PSK) only where the context it was made
+    under matches, so a session made with one certificate is never resumed on a context serving
+    another, nor one whose client was admitted under another CA bundle or allow-list.
     """
     digest = hashlib.sha256(b"fopproxy session context v1")
     for cert in members:
         digest.update(cert.leaf.fingerprint(hashes.SHA256()))
+    if client_trust is not None:
+        digest.update(client_trust.session_tag())
     return digest.digest()
 
 
@@ -289,9 +303,13 @@ class CertificateSet:
         server_name: str,
         digest: str,
         tickets: KeyRing | None = None,
+        client_trust: ClientTrust | None = None,
     ) -> None:
         self.certificates = tuple(certificates)
         self.tickets = tickets
+        # Every context of the set asks for client certificates the same way: the SNI callback
+        # may switch a handshake to another context of the set.
+        self.client_trust = client_trust
         self.selection = selection
         self.server_name = server_name
         self.digest = digest
@@ -322,7 +340,7 @@ class CertificateSet:
     def _make_context(self, group: tuple[int, ...], *, with_sni: bool) -> ssl.SSLContext:
         members = [self.certificates[i] for i in group]
         blobs = [blob for c in members for blob in (c.cert_pem, c.key_pem)]
-        with _memory_files(*blobs) as paths:
+        with memory_files(*blobs) as paths:
             chains = [
                 (paths[2 * i], paths[2 * i + 1], c.password) for i, c in enumerate(members)
             ]
@@ -331,9 +349,10 @@ class CertificateSet:
                     self.selection,
                     chains,
                     self._on_sni if with_sni else None,
-                    session_context=_session_context(members),
+                    session_context=_session_context(members, self.client_trust),
                     resumption=not (with_sni and self._needs_sni),
                     tickets=self.tickets,
+                    client_trust=self.client_trust,
                 )
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
@@ -369,10 +388,15 @@ class Snapshot:
 
     contents: tuple[SourceContent, ...]
     digest: str
+    # tls.client_auth.ca, read in the same pass: a rotated CA bundle reloads like a certificate.
+    client_ca: bytes | None = field(default=None, repr=False)
 
 
-def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
-    """Read all files once; CertificateReadError names `tls.certificates[i]` and the file."""
+def read_snapshot(
+    sources: Sequence[CertificateSource], client_ca: Path | None = None
+) -> Snapshot:
+    """Read all files once; CertificateReadError names `tls.certificates[i]` (or
+    `tls.client_auth.ca`) and the file."""
     contents: list[SourceContent] = []
     hasher = hashlib.sha256()
     for index, source in enumerate(sources):
@@ -385,7 +409,11 @@ def read_snapshot(sources: Sequence[CertificateSource]) -> Snapshot:
         for blob in (cert_pem, key_pem, password or b""):
             hasher.update(hashlib.sha256(blob).digest())
         contents.append(SourceContent(source, cert_pem, key_pem, password))
-    return Snapshot(tuple(contents), hasher.hexdigest())
+    ca_pem = None
+    if client_ca is not None:
+        ca_pem = read_client_ca(client_ca)
+        hasher.update(b"client_ca" + hashlib.sha256(ca_pem).digest())
+    return Snapshot(tuple(contents), hasher.hexdigest(), ca_pem)
 
 
 def entry_error(index: int, exc: CertificateError) -> CertificateError:
@@ -402,8 +430,10 @@ def build_certificate_set(
     selection: SuiteSelection,
     now: datetime | None = None,
     tickets: KeyRing | None = None,
+    client_auth: ClientAuthConfig | None = None,
 ) -> CertificateSet:
-    """Validate every entry of `snapshot` and build the contexts; errors name the entry.
+    """Validate every entry of `snapshot` (and the client CA file) and build the contexts;
+    errors name the entry (or `tls.client_auth.ca`).
 
     `tickets`: the shared session-ticket keys the contexts issue and open tickets with.
     """
@@ -423,7 +453,8 @@ def build_certificate_set(
             )
         except CertificateError as exc:
             raise entry_error(index, exc) from None
-    return CertificateSet(loaded, selection, server_name, snapshot.digest, tickets)
+    trust = None if client_auth is None else client_trust(client_auth, snapshot.client_ca)
+    return CertificateSet(loaded, selection, server_name, snapshot.digest, tickets, trust)
 
 
 def load_certificate_set(
@@ -431,6 +462,66 @@ def load_certificate_set(
     server_name: str,
     selection: SuiteSelection,
     now: datetime | None = None,
+    client_auth: ClientAuthConfig | None = None,
 ) -> CertificateSet:
     """Read, validate and build; CertificateError names `tls.certificates[i]` and the problem."""
-    return build_certificate_set(read_snapshot(sources), server_name, selection, now)
+    ca = None if client_auth is None else ca_to_read(client_auth)
+    snapshot = read_snapshot(sources, ca)
+    return build_certificate_set(snapshot, server_name, selection, now, client_auth=client_auth)
+
+
+# ---- the client CA file (tls.client_auth.ca) ---------------------------------------------------
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def validate_client_ca(data: bytes, path: Path) -> ClientCA:
+    """Every certificate in the file must be a CA or a self-signed leaf (pinned): one that is
+    neither can never be a trust anchor, so it is a mistake (an intermediate or a leaf by error).
+    Read with the certificates' PEM reader, so a file caught mid-write is a rotation under way."""
+    try:
+        certificates = parse_chain(data)
+    except CertificateError as exc:
+        raise type(exc)(f"{CA_KEY}: {path}: {exc}") from None
+    for index, cert in enumerate(certificates):
+        if not (_is_ca(cert) or is_self_signed(cert)):
+            raise CertificateError(
+                f"{CA_KEY}: {path}: certificate [{index}] ({cert.subject.rfc4514_string()}) is "
+                "neither a CA (basicConstraints CA:TRUE) nor self-signed, so no client "
+                "certificate can chain to it; put the issuing CA here"
+            )
+    try:
+        pem = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CertificateError(f"{CA_KEY}: {path}: not ASCII PEM text") from None
+    return ClientCA(pem, tuple(c.subject.rfc4514_string() for c in certificates))
+
+
+def read_client_ca(path: Path) -> bytes:
+    """The CA file's bytes, read as the certificates are (a regular file, bounded, no blocking)."""
+    try:
+        return read_pem_file(path)
+    except OSError as exc:
+        raise CertificateReadError(f"{CA_KEY}: cannot read {path}: {exc.strerror}") from None
+
+
+def load_client_ca(path: Path) -> ClientCA:
+    """Read and validate the CA file; errors name `tls.client_auth.ca` and the file."""
+    return validate_client_ca(read_client_ca(path), path)
+
+
+def client_trust(config: ClientAuthConfig, ca_pem: bytes | None) -> ClientTrust | None:
+    """The trust a context is built with, from the CA bytes a snapshot read; None when off.
+
+    Fails closed: client_auth on without CA content never yields a context that asks nothing.
+    """
+    if not config.enabled:
+        return None
+    if config.ca is None or ca_pem is None:
+        raise CertificateError(f"{CA_KEY}: not read, so client certificates cannot be verified")
+    return ClientTrust(config.mode, validate_client_ca(ca_pem, config.ca), config.allow)

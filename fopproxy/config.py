@@ -16,8 +16,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from fopproxy.clientauth import ClientAuthConfig, parse_client_auth
 from fopproxy.errors import ConfigError
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, SuiteSelection, select_suites
+from fopproxy.proxyproto import PROXY_PROTOCOLS, ProxyProtocol
 from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
@@ -61,6 +63,7 @@ class TLSConfig:
     # How long a half-written rotation (key not matching, file cut short or missing) may last
     # before the reload counts as failed; see reload.py.
     reload_grace: float = 10.0
+    client_auth: ClientAuthConfig = field(default_factory=ClientAuthConfig)
     session_tickets: SessionTickets = SessionTickets()
 
     @property
@@ -91,6 +94,44 @@ class MetricsConfig:
     listen: TcpAddress | None = None
 
 
+# `trust: mozilla`: the certifi bundle, which is Mozilla's root store (see docs/COMPLIANCE.md).
+MOZILLA = "mozilla"
+
+
+@dataclass(frozen=True)
+class OutboundTimeouts:
+    """Seconds allowed to dial, to finish the TLS handshake, and with no byte either way."""
+
+    connect: float
+    handshake: float
+    idle: float
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """One local listener and the TLS server its connections are carried to."""
+
+    index: int  # position in the `outbound:` list, for messages that name `outbound[i].key`
+    name: str
+    listen: TcpAddress
+    connect: TcpAddress
+    server_name: str
+    trust: Path | None  # None: the Mozilla roots (certifi); else a PEM file of trusted certs
+    selection: SuiteSelection
+    client_certificate: CertificateSource | None
+    timeouts: OutboundTimeouts
+    allow_remote: bool = False
+
+    @property
+    def key(self) -> str:
+        """`outbound[i]`: the config path that user-facing messages start with."""
+        return f"outbound[{self.index}]"
+
+    @property
+    def trust_label(self) -> str:
+        return MOZILLA if self.trust is None else str(self.trust)
+
+
 @dataclass(frozen=True)
 class HttpConfig:
     """`mode: http` settings: what the request-aware pump (fopproxy/http/) may accept and add."""
@@ -102,10 +143,13 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class Config:
-    listen: TcpAddress
-    backend: TcpAddress | UnixAddress
-    server_name: str
-    tls: TLSConfig
+    """The whole file. The inbound listener (`listen`, `backend`, `server_name`, `tls`) is all or
+    nothing and may be absent when `outbound` has entries; at least one of the two is there."""
+
+    listen: TcpAddress | None
+    backend: TcpAddress | UnixAddress | None
+    server_name: str | None
+    tls: TLSConfig | None
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 10000
     # Whether the file set max_connections: only a user's own number is worth a warning when the
@@ -115,12 +159,22 @@ class Config:
     backlog: int = 1024
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # PROXY protocol header sent to the backend before the first byte (proxyproto.py).
+    proxy_protocol: ProxyProtocol = "off"
     mode: Mode = "tcp"
     http: HttpConfig = field(default_factory=HttpConfig)
     source: Path | None = None
+    outbound: tuple[OutboundConfig, ...] = ()
+
+    @property
+    def inbound(self) -> bool:
+        """Whether the TLS listener runs (an outbound-only config has none)."""
+        return self.tls is not None
 
 
 T = TypeVar("T")
+
+INBOUND_KEYS = ("listen", "backend", "server_name", "tls")
 
 
 class _Problems:
@@ -295,6 +349,15 @@ def _boolean(value: object) -> bool:
     return value
 
 
+def _proxy_protocol(value: object) -> ProxyProtocol:
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
+    for name in PROXY_PROTOCOLS:
+        if value == name:
+            return name
+    raise ValueError(f"must be off, v1 or v2, got {value!r}")
+
+
 def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Config:
     """Turn a parsed YAML document into a Config, or raise ConfigError listing every problem."""
     p = _Problems()
@@ -303,16 +366,27 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         "",
         (
             "listen", "backend", "server_name", "tls", "timeouts", "max_connections",
-            "workers", "backlog", "logging", "metrics", "mode", "http",
+            "workers", "backlog", "logging", "metrics", "outbound", "proxy_protocol",
+            "mode", "http",
         ),
     )
     if raw is None:
-        p.add("(top level)", "the file is empty; listen, backend, server_name and tls are required")
-
-    listen = p.typed(top, "listen", "", parse_tcp_address, required=True)
-    backend = p.typed(top, "backend", "", _backend_address(base_dir), required=True)
-    server_name = p.typed(top, "server_name", "", _server_name, required=True)
-    tls = _parse_tls(p, top.get("tls"), base_dir)
+        p.add(
+            "(top level)",
+            "the file is empty; listen, backend, server_name and tls are required "
+            "(or an outbound list)",
+        )
+    # The inbound listener is optional only as a whole: an outbound-only file names none of its
+    # keys; naming any of them asks for all of them.
+    inbound = top.get("outbound") is None or any(
+        top.get(key) is not None for key in INBOUND_KEYS
+    )
+    listen = backend = server_name = tls = None
+    if inbound:
+        listen = p.typed(top, "listen", "", parse_tcp_address, required=True)
+        backend = p.typed(top, "backend", "", _backend_address(base_dir), required=True)
+        server_name = p.typed(top, "server_name", "", _server_name, required=True)
+        tls = _parse_tls(p, top.get("tls"), base_dir)
 
     t = p.mapping(
         top.get("timeouts"), "timeouts", ("handshake", "connect", "idle", "drain", "close")
@@ -340,6 +414,17 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     metrics = MetricsConfig(listen=p.typed(m, "listen", "metrics", parse_tcp_address))
     if listen and metrics.listen and listen == metrics.listen:
         p.add("metrics.listen", f"is the same address as listen ({listen})")
+    taken = {str(a): k for a, k in ((listen, "listen"), (metrics.listen, "metrics.listen")) if a}
+    outbound = _parse_outbound(p, top.get("outbound"), base_dir, timeouts, taken)
+    if not inbound and not outbound and raw is not None:
+        p.add(
+            "outbound",
+            "is empty and there is no inbound listener: nothing to serve "
+            "(give outbound entries, or listen, backend, server_name and tls)",
+        )
+    proxy_protocol: ProxyProtocol = (
+        p.typed(top, "proxy_protocol", "", _proxy_protocol, "off") or "off"
+    )
 
     mode: Mode = p.typed(top, "mode", "", _mode, "tcp") or "tcp"
     http = _parse_http(p, top.get("http"))
@@ -347,10 +432,11 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
     if p.lines:
         raise ConfigError(p.lines)
     # Every getter that returned None added a problem, so none of these is None here.
-    assert listen is not None
-    assert backend is not None
-    assert server_name is not None
-    assert tls is not None
+    if inbound:
+        assert listen is not None
+        assert backend is not None
+        assert server_name is not None
+        assert tls is not None
     return Config(
         listen=listen,
         backend=backend,
@@ -363,9 +449,11 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         backlog=backlog or 1024,
         logging=logging_config,
         metrics=metrics,
+        proxy_protocol=proxy_protocol,
         mode=mode,
         http=http,
         source=source,
+        outbound=outbound,
     )
 
 
@@ -435,7 +523,7 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
         "tls",
         (
             "profile", "ciphers", "certificates", "reload_interval", "reload_grace",
-            "session_tickets",
+            "session_tickets", "client_auth",
         ),
     )
     if not isinstance(raw, Mapping):
@@ -474,10 +562,18 @@ def _parse_tls(p: _Problems, raw: object, base_dir: Path) -> TLSConfig | None:
             if cert and key:
                 certificates.append(CertificateSource(cert, key, passphrase))
     tickets = _parse_session_tickets(p, tls.get("session_tickets"), base_dir)
-    if selection is None or p.lines:
+    client_auth = parse_client_auth(tls.get("client_auth"), _path(base_dir), p.add)
+    if selection is None or client_auth is None or p.lines:
         return None
     assert reload_grace is not None  # a bad value added a problem above
-    return TLSConfig(selection, tuple(certificates), reload_interval, reload_grace, tickets)
+    return TLSConfig(
+        selection,
+        tuple(certificates),
+        reload_interval,
+        reload_grace,
+        session_tickets=tickets,
+        client_auth=client_auth,
+    )
 
 
 def _rotation_seconds(value: object) -> float:
@@ -501,6 +597,154 @@ def _parse_session_tickets(p: _Problems, raw: object, base_dir: Path) -> Session
         rotation=rotation or default.rotation,
         key_file=key_file,
     )
+
+
+OUTBOUND_KEYS = (
+    "name", "listen", "connect", "server_name", "trust", "profile", "ciphers",
+    "client_certificate", "allow_remote", "timeouts",
+)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_outbound(
+    p: _Problems,
+    raw: object,
+    base_dir: Path,
+    timeouts: Timeouts,
+    taken: dict[str, str],
+) -> tuple[OutboundConfig, ...]:
+    """The `outbound:` list; each problem is named `outbound[i].key`."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        p.add("outbound", f"expected a list of entries, got {_kind(raw)}")
+        return ()
+    entries: list[OutboundConfig] = []
+    names: dict[str, str] = {}
+    parse_path = _path(base_dir)
+    for index, entry in enumerate(raw):
+        where = f"outbound[{index}]"
+        item = p.mapping(entry, where, OUTBOUND_KEYS)
+        if not isinstance(entry, Mapping):
+            continue
+        before = len(p.lines)
+        listen = p.typed(item, "listen", where, parse_tcp_address, required=True)
+        connect = p.typed(item, "connect", where, parse_tcp_address, required=True)
+        allow_remote = bool(p.typed(item, "allow_remote", where, _boolean, False))
+        if listen is not None and not allow_remote and not _loopback(listen.host):
+            p.add(
+                f"{where}.listen",
+                f"{listen} is not a loopback address: the plain side would be reachable from "
+                "the network (use 127.0.0.1 or [::1], or set allow_remote: true)",
+            )
+        if listen is not None:
+            other = taken.get(str(listen))
+            if other is not None:
+                p.add(f"{where}.listen", f"is the same address as {other} ({listen})")
+            taken[str(listen)] = f"{where}.listen"
+        server_name = p.typed(item, "server_name", where, _server_name)
+        if server_name is None and connect is not None and "server_name" not in item:
+            if _valid_dns_name(connect.host) and not _is_ip(connect.host):
+                server_name = connect.host.lower().rstrip(".")
+            else:
+                p.add(
+                    f"{where}.server_name",
+                    f"is required when connect is an IP address ({connect.host}): the name "
+                    "the server's certificate must match",
+                )
+        name = p.typed(item, "name", where, _label) or (str(listen) if listen else None)
+        if name is not None:
+            if name in names:
+                p.add(f"{where}.name", f"{name!r} is already the name of {names[name]}")
+            names[name] = where
+        trust_raw = item.get("trust", MOZILLA)
+        trust: Path | None = None
+        if trust_raw != MOZILLA:
+            trust = p.typed(item, "trust", where, parse_path)
+        profile_name = p.typed(item, "profile", where, _string, DEFAULT_PROFILE) or DEFAULT_PROFILE
+        profile = PROFILES.get(profile_name)
+        selection = None
+        if profile is None:
+            p.add(
+                f"{where}.profile",
+                f"unknown profile {profile_name!r} (use {' or '.join(PROFILES)})",
+            )
+        else:
+            ciphers_raw = item.get("ciphers") or []
+            if not isinstance(ciphers_raw, list) or not all(
+                isinstance(c, str) for c in ciphers_raw
+            ):
+                p.add(f"{where}.ciphers", "expected a list of suite names")
+            else:
+                try:
+                    selection = select_suites(profile, tuple(c.strip() for c in ciphers_raw))
+                except ValueError as exc:
+                    p.add(f"{where}.ciphers", str(exc))
+        client_certificate = None
+        if item.get("client_certificate") is not None:
+            cc_where = f"{where}.client_certificate"
+            cc = p.mapping(item["client_certificate"], cc_where, ("cert", "key", "passphrase_file"))
+            if isinstance(item["client_certificate"], Mapping):
+                cert = p.typed(cc, "cert", cc_where, parse_path, required=True)
+                key = p.typed(cc, "key", cc_where, parse_path, required=True)
+                passphrase = p.typed(cc, "passphrase_file", cc_where, parse_path)
+                if cert and key:
+                    client_certificate = CertificateSource(cert, key, passphrase)
+        t_where = f"{where}.timeouts"
+        t = p.mapping(item.get("timeouts"), t_where, ("connect", "handshake", "idle"))
+        entry_timeouts = OutboundTimeouts(
+            connect=p.typed(t, "connect", t_where, _seconds) or timeouts.connect,
+            handshake=p.typed(t, "handshake", t_where, _seconds) or timeouts.handshake,
+            idle=p.typed(t, "idle", t_where, _seconds) or timeouts.idle,
+        )
+        if len(p.lines) > before:
+            continue
+        assert listen is not None
+        assert connect is not None
+        assert server_name is not None
+        assert name is not None
+        assert selection is not None
+        entries.append(
+            OutboundConfig(
+                index=index,
+                name=name,
+                listen=listen,
+                connect=connect,
+                server_name=server_name,
+                trust=trust,
+                selection=selection,
+                client_certificate=client_certificate,
+                timeouts=entry_timeouts,
+                allow_remote=allow_remote,
+            )
+        )
+    return tuple(entries)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _label(value: object) -> str:
+    """A name for metrics labels and logs: short and plain, so it reads the same everywhere."""
+    text = _string(value)
+    if len(text) > 64 or not all(c.isalnum() or c in "-_.:[]" for c in text):
+        raise ValueError(
+            f"{text!r}: use at most 64 letters, digits and - _ . : (it becomes a metric label)"
+        )
+    return text
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

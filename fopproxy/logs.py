@@ -25,9 +25,12 @@ import os
 import select
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fopproxy.config import LoggingConfig
+
+if TYPE_CHECKING:
+    from fopproxy.clientauth import ClientIdentity
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,7 +43,7 @@ utc_second = _utc_second  # for the other fast-path lines (fopproxy/http/accessl
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed client=... reason=done`."""
+    """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed direction=inbound ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = (
@@ -49,7 +52,7 @@ class TextFormatter(logging.Formatter):
         )
         event: dict[str, Any] | None = getattr(record, "event", None)
         if event:
-            line += " " + " ".join(f"{key}={value}" for key, value in event.items())
+            line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in event.items())
         if record.exc_info and record.levelno >= logging.ERROR:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -73,30 +76,48 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, separators=(",", ":"))
 
 
+def _text_value(value: object) -> object:
+    """A value as `key=value` text: quoted (JSON string rules) where a space, quote, `=` or a
+    control character would break the line apart (a certificate subject can hold any of them)."""
+    if isinstance(value, str) and (
+        not value.isprintable() or any(c in value for c in ' "=\\')
+    ):
+        return json.dumps(value)
+    return value
+
+
 # The connection line's fields, in order; `duration` is given in whole microseconds and written
 # as seconds.
 CONNECTION_FIELDS = (
     "client", "sni", "version", "cipher", "bytes_to_backend", "bytes_to_client", "duration",
     "reason",
 )
+# `direction=inbound` tells these lines from the outbound ones (outbound/pump.py), which carry
+# other fields after `direction=outbound`.
 _CONNECTION_TEXT = (
-    "%s.%03dZ INFO fopproxy.conn connection closed client=%s sni=%s version=%s cipher=%s "
-    "bytes_to_backend=%d bytes_to_client=%d duration=%d.%06d reason=%s\n"
+    "%s.%03dZ INFO fopproxy.conn connection closed direction=inbound client=%s sni=%s version=%s "
+    "cipher=%s bytes_to_backend=%d bytes_to_client=%d duration=%d.%06d reason=%s"
 )
+# Appended where a client certificate was verified (tls.client_auth).
+CLIENT_CERT_FIELDS = ("client_subject", "client_sha256")
 
 
 def connection_event(
     client: str, sni: str, version: str, cipher: str, to_backend: int, to_client: int,
-    micros: int, reason: str,
+    micros: int, reason: str, client_cert: ClientIdentity | None = None,
 ) -> dict[str, Any]:
     """The connection line's fields as a dict, for the formatters of ordinary records."""
-    return dict(
+    event: dict[str, Any] = {"direction": "inbound"} | dict(
         zip(
             CONNECTION_FIELDS,
             (client, sni, version, cipher, to_backend, to_client, micros / 1e6, reason),
             strict=True,
         )
     )
+    if client_cert is not None:
+        event["client_subject"] = client_cert.subject
+        event["client_sha256"] = client_cert.fingerprint
+    return event
 
 
 FLUSH_DELAY = 0.1
@@ -120,14 +141,14 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
 
     def connection_closed(
         self, client: str, sni: str, version: str, cipher: str, to_backend: int,
-        to_client: int, micros: int, reason: str,
+        to_client: int, micros: int, reason: str, client_cert: ClientIdentity | None = None,
     ) -> None:
         now = time.time()
         if self.json_lines:
             payload = {"ts": round(now, 6), "level": "info", "logger": "fopproxy.conn",
                        "msg": "connection closed"}
             payload.update(connection_event(
-                client, sni, version, cipher, to_backend, to_client, micros, reason
+                client, sni, version, cipher, to_backend, to_client, micros, reason, client_cert
             ))
             line = json.dumps(payload, separators=(",", ":")) + "\n"
         else:
@@ -137,6 +158,12 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
                 _utc_second(second), int((now - second) * 1000), client, sni, version, cipher,
                 to_backend, to_client, seconds, fraction, reason,
             )
+            if client_cert is not None:
+                line += (
+                    f" client_subject={json.dumps(client_cert.subject)}"
+                    f" client_sha256={client_cert.fingerprint}"
+                )
+            line += "\n"
         self.add_line(line)
 
     def add_line(self, line: str) -> None:
@@ -201,6 +228,7 @@ def _write_all(fd: int, data: bytes) -> None:
 def connection_closed(
     logger: logging.Logger, client: str, sni: str, version: str, cipher: str,
     to_backend: int, to_client: int, micros: int, reason: str,
+    client_cert: ClientIdentity | None = None,
 ) -> None:
     """Log the connection line at INFO: the fast path when our handler is the only one."""
     handlers = logging.root.handlers
@@ -211,11 +239,13 @@ def connection_closed(
         and logger.propagate
     ):
         handlers[0].connection_closed(
-            client, sni, version, cipher, to_backend, to_client, micros, reason
+            client, sni, version, cipher, to_backend, to_client, micros, reason, client_cert
         )
         return
     # makeRecord + handle is what logger.info does, minus findCaller's walk up the stack.
-    event = connection_event(client, sni, version, cipher, to_backend, to_client, micros, reason)
+    event = connection_event(
+        client, sni, version, cipher, to_backend, to_client, micros, reason, client_cert
+    )
     logger.handle(
         logger.makeRecord(
             logger.name, logging.INFO, __file__, 0, "connection closed", (), None,

@@ -14,7 +14,7 @@ import logging
 import shutil
 from collections.abc import Callable
 
-from fopproxy.app import WorkerHook, new_store, run_worker
+from fopproxy.app import WorkerHook, new_outbound, new_store, run_worker
 from fopproxy.config import Config
 from fopproxy.errors import ConfigError
 from fopproxy.metrics.aggregate import snapshot_folder, snapshot_hook
@@ -42,8 +42,11 @@ def ready() -> None:
 def make_ticket_keys(config: Config) -> KeyRing | None:
     """The session-ticket keys every worker shares: made here, before any fork, and only here.
 
-    ConfigError naming the key for a key file that cannot be used (exit 2).
+    ConfigError naming the key for a key file that cannot be used (exit 2). None without an
+    inbound listener (outbound only: a client keeps the sessions servers give it).
     """
+    if config.tls is None:
+        return None
     tickets = config.tls.session_tickets
     try:
         ring = ticket_keys(tickets.enabled, tickets.rotation, tickets.key_file)
@@ -68,6 +71,7 @@ def run(config: Config) -> int:
     tickets = make_ticket_keys(config)
     # Validate certificates before forking anything, so a bad file is one clear error.
     new_store(config, Stats(), tickets)
+    new_outbound(config, Stats())
     if config.workers == 1:
         return run_worker(config, ready=ready, hooks=worker_hooks(config), tickets=tickets)
     if config.metrics.listen is None:

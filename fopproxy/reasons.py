@@ -17,6 +17,7 @@ class CloseReason(StrEnum):
     HANDSHAKE_ERROR = "handshake_error"
     BACKEND_CONNECT = "backend_connect"
     TLS_ERROR = "tls_error"
+    CLIENT_AUTH = "client_auth"  # a refused client certificate (tls.client_auth)
 
     def text(self, detail: str | None = None) -> str:
         """The logged form: `handshake_error:timeout`, or the bare value."""
@@ -25,5 +26,10 @@ class CloseReason(StrEnum):
 
 # Reasons always logged with a detail (a bounded label, or OpenSSL's reason in lower case).
 DETAILED = frozenset(
-    {CloseReason.HANDSHAKE_ERROR, CloseReason.BACKEND_CONNECT, CloseReason.TLS_ERROR}
+    {
+        CloseReason.HANDSHAKE_ERROR,
+        CloseReason.BACKEND_CONNECT,
+        CloseReason.TLS_ERROR,
+        CloseReason.CLIENT_AUTH,
+    }
 )

@@ -27,12 +27,16 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from fopproxy.clientauth import ClientIdentity, classify_failure
 from fopproxy.config import TcpAddress, Timeouts, UnixAddress
 from fopproxy.logs import connection_closed
 from fopproxy.native import BioReleaser, bio_releaser
+from fopproxy.peerverify import identity_of, take_refused
+from fopproxy.proxyproto import ProxyProtocol, TLSDetails, header
 from fopproxy.reasons import CloseReason
 from fopproxy.resources import trim_heap
 from fopproxy.stats import Stats
+from fopproxy.tlsinfo import served_certificate
 from fopproxy.tlspipe import BULK_AFTER, SMALL_SLICE, SSL_READ_SIZE, TLS_SLICE, TLSPipe
 
 if TYPE_CHECKING:
@@ -172,8 +176,14 @@ class Relay:
         max_connections: int,
         stats: Stats,
         log_connections: bool,
+        *,
+        proxy_protocol: ProxyProtocol = "off",
+        client_auth: bool = False,
     ) -> None:
         self.loop = loop
+        # PROXY protocol header to send the backend first; read the verified client certificate.
+        self.proxy_protocol = proxy_protocol
+        self.client_auth = client_auth
         self.time = loop.time
         self.certificates = certificates
         self.backend = backend
@@ -299,12 +309,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_lean",
         "_moved",
         "_peer",
+        "_preamble",
         "_reason",
         "_started",
         "_transport",
         "backend",
         "backend_done",
         "cipher",
+        "client_cert",
         "pipe",
         "relay",
         "state",
@@ -331,6 +343,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.version = "-"
         self.cipher = "-"
         self._peer: Any = None
+        self.client_cert: ClientIdentity | None = None
+        self._preamble = b""
 
     # ---- client transport events ---------------------------------------------------------
 
@@ -465,6 +479,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             # The guard is read (and cleared) on every failure; only a failed name callback
             # that tripped it is an undecodable SNI.
             bad_name = self.relay.sni_guard.take() and exc.reason == "CALLBACK_FAILED"
+            refused = classify_failure(exc) if self.relay.client_auth else None
+            if refused is not None:
+                # A refused client certificate: counted as such, and as the handshake error it is.
+                self.relay.stats.client_auth_failures[refused] += 1
+                self.client_cert = take_refused()
+                self._count_handshake_error(classify_handshake_error(exc))
+                self.close(CloseReason.CLIENT_AUTH, refused)
+                return
             self._handshake_failed("invalid_sni" if bad_name else classify_handshake_error(exc))
             return
         self._flush()
@@ -478,9 +500,40 @@ class ClientConnection(asyncio.BufferedProtocol):
         if pipe.resumed():
             stats.resumptions[self.version] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
+        if relay.client_auth:
+            # Verified by OpenSSL against the CA and by the allow-list, or absent (optional).
+            der = pipe.tls.getpeercert(True)
+            self.client_cert = identity_of(der) if der else None
+        if relay.proxy_protocol != "off":
+            self._preamble = self._proxy_header()
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
         self._connect_task = relay.loop.create_task(self._connect())
+
+    def _proxy_header(self) -> bytes:
+        """The PROXY header for this connection, built once, before the backend is dialled."""
+        transport = self._transport
+        if transport is None:
+            return b""
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        tls = None
+        if self.relay.proxy_protocol == "v2":
+            pipe = self.pipe
+            sig_alg, key_alg = served_certificate(pipe.tls)
+            identity = self.client_cert
+            tls = TLSDetails(
+                version=self.version,
+                cipher=self.cipher,
+                sni=pipe.server_name(),
+                sig_alg=sig_alg,
+                key_alg=key_alg,
+                cert_conn=identity is not None and not pipe.ssl.session_reused,
+                cert_sess=identity is not None,
+                verified=identity is not None,
+                cn=identity.cn if identity is not None else None,
+            )
+        return header(self.relay.proxy_protocol, peer, local, tls)
 
     def _count_handshake_error(self, reason: str) -> None:
         self.relay.stats.handshake_errors[reason] += 1
@@ -532,6 +585,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
             self._client_sock = self._transport.get_extra_info("socket")
         self.state = OPEN
+        if self._preamble:
+            # The PROXY header precedes every relayed byte: written before the first decrypt.
+            transport.write(self._preamble)
         self._last = self.relay.time()
         self._moved = -1
         self._lean = False
@@ -794,4 +850,5 @@ class ClientConnection(asyncio.BufferedProtocol):
                 # Whole microseconds: no float repr (a decimal conversion) per connection.
                 int((perf_counter() - self._started) * 1e6),
                 self.close_reason,
+                self.client_cert,
             )

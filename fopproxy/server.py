@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+from typing import TYPE_CHECKING
 
 from fopproxy.config import Config
 from fopproxy.http.stats import HttpStats
@@ -24,6 +25,9 @@ from fopproxy.resources import (
 )
 from fopproxy.stats import Stats
 
+if TYPE_CHECKING:
+    from fopproxy.outbound.service import OutboundService
+
 log = logging.getLogger("fopproxy.server")
 
 EXIT_OK = 0
@@ -33,6 +37,7 @@ EXIT_FORCED = 1
 def bind_listener(config: Config, *, reuse_port: bool) -> socket.socket:
     """Bind the TLS port ourselves so SO_REUSEPORT and IPv6-only are explicit, not defaults."""
     address = config.listen
+    assert address is not None  # only called where the inbound listener is configured
     infos = socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -59,14 +64,17 @@ class Worker:
     def __init__(
         self,
         config: Config,
-        store: CertificateStore,
+        store: CertificateStore | None,
         stats: Stats,
         *,
         reuse_port: bool = False,
         sock: socket.socket | None = None,
+        outbound: OutboundService | None = None,
     ) -> None:
         self.config = config
+        # None for an outbound-only config (no TLS listener, no served certificates).
         self.store = store
+        self.outbound = outbound
         self.stats = stats
         self.reuse_port = reuse_port
         self._sock = sock
@@ -81,7 +89,10 @@ class Worker:
     @property
     def ready(self) -> bool:
         """Bound, serving valid certificates, not draining (what /readyz reports)."""
-        return self.server is not None and self.server.is_serving() and not self.draining
+        if self.draining:
+            return False
+        inbound = self.store is None or (self.server is not None and self.server.is_serving())
+        return inbound and (self.outbound is None or self.outbound.ready)
 
     def request_shutdown(self) -> None:
         """First call: drain. Second call: stop waiting for connections."""
@@ -101,6 +112,7 @@ class Worker:
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
             open_now = len(self.relay.active) if self.relay else 0
+            open_now += self.outbound.active if self.outbound else 0
             log.warning("%s again: closing %d connections now", sig.name, open_now)
         else:
             log.info("%s: draining (up to %.0fs)", sig.name, self.config.timeouts.drain)
@@ -108,11 +120,23 @@ class Worker:
 
     def _on_hup(self) -> None:
         log.info("SIGHUP: reloading certificates")
-        self.store.reload(force=True)
+        if self.store is not None:
+            self.store.reload(force=True)
+        if self.outbound is not None:
+            self.outbound.reload()
 
     async def start(self) -> None:
+        if self.store is not None:
+            await self._start_inbound()
+        else:
+            raise_nofile_limit()  # the inbound start does it where there is one
+        if self.outbound is not None:
+            await self.outbound.start(reuse_port=self.reuse_port)
+
+    async def _start_inbound(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        assert config.backend is not None
         nofile = raise_nofile_limit()
         capacity = connection_capacity(config.max_connections, nofile)
         if capacity < config.max_connections and not config.max_connections_set:
@@ -127,12 +151,16 @@ class Worker:
                 "%d connections at once (each needs 2 descriptors); raise the limit to serve more",
                 config.max_connections, nofile, capacity,
             )
+        assert self.store is not None
+        assert config.tls is not None  # a store exists only for an inbound listener
         if config.mode == "http":
             from fopproxy.http.connection import HttpRelay
 
             self.relay = HttpRelay(
                 loop, self.store.get, config.backend, config.timeouts, capacity, self.stats,
                 config.logging.connections, config.http, self.http_stats,
+                proxy_protocol=config.proxy_protocol,
+                client_auth=config.tls.client_auth.enabled,
             )
         else:
             self.relay = Relay(
@@ -143,6 +171,8 @@ class Worker:
                 capacity,
                 self.stats,
                 config.logging.connections,
+                proxy_protocol=config.proxy_protocol,
+                client_auth=config.tls.client_auth.enabled,
             )
         sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
         self.server = await loop.create_server(
@@ -151,37 +181,47 @@ class Worker:
 
     async def serve(self) -> int:
         """Run until shutdown is requested, then drain; returns the exit code."""
-        if self.server is None:
+        if self.server is None and (self.outbound is None or not self.outbound.listeners):
             await self.start()
-        assert self.server is not None
-        assert self.relay is not None
+        tasks = []
         relay = self.relay
-        watcher = asyncio.create_task(
-            watch(self.store, self.config.tls.reload_interval, self._stop), name="cert-watch"
-        )
-        trimmer = asyncio.create_task(
-            release_memory_after_bursts(lambda: len(relay.active), self._stop), name="heap-trim"
-        )
+        if self.store is not None and self.config.tls is not None:
+            tasks.append(asyncio.create_task(
+                watch(self.store, self.config.tls.reload_interval, self._stop), name="cert-watch"
+            ))
+        if relay is not None:
+            tasks.append(asyncio.create_task(
+                release_memory_after_bursts(lambda: len(relay.active), self._stop),
+                name="heap-trim",
+            ))
         try:
             await self._stop.wait()
         finally:
             code = await self._drain()
-            watcher.cancel()
-            trimmer.cancel()
-            await asyncio.gather(watcher, trimmer, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return code
 
+    async def _wait_idle(self) -> None:
+        if self.relay is not None:
+            await self.relay.wait_idle()
+        if self.outbound is not None:
+            await self.outbound.wait_idle()
+
     async def _drain(self) -> int:
-        assert self.server is not None
-        assert self.relay is not None
         relay = self.relay
+        outbound = self.outbound
         self.draining = True
-        relay.accepting = False
-        self.server.close()
-        open_count = len(relay.active)
+        if relay is not None and self.server is not None:
+            relay.accepting = False
+            self.server.close()
+        if outbound is not None:
+            outbound.stop_accepting()
+        open_count = (len(relay.active) if relay else 0) + (outbound.active if outbound else 0)
         if open_count:
             log.info("draining %d open connections", open_count)
-        idle = asyncio.ensure_future(relay.wait_idle())
+        idle = asyncio.ensure_future(self._wait_idle())
         force = asyncio.ensure_future(self._force.wait())
         done, _ = await asyncio.wait(
             {idle, force},
@@ -191,9 +231,16 @@ class Worker:
         idle.cancel()
         force.cancel()
         code = EXIT_OK
-        if relay.active:
-            log.warning("drain ended with %d connections open: closing them", len(relay.active))
-            relay.abort_all("drain_timeout")
+        left = (len(relay.active) if relay else 0) + (outbound.active if outbound else 0)
+        if left:
+            log.warning("drain ended with %d connections open: closing them", left)
+            if relay is not None:
+                relay.abort_all("drain_timeout")
+            if outbound is not None:
+                outbound.abort_all()
             code = EXIT_FORCED if force in done else EXIT_OK
-        await self.server.wait_closed()
+        if self.server is not None:
+            await self.server.wait_closed()
+        if outbound is not None:
+            await outbound.close()
         return code

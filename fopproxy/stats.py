@@ -59,6 +59,7 @@ class Stats:
         "backend_connect_errors",
         "bytes_to_backend",
         "bytes_to_client",
+        "client_auth_failures",
         "connections_active",
         "connections_rejected",
         "handshake_duration",
@@ -73,6 +74,8 @@ class Stats:
     def __init__(self) -> None:
         self.handshakes: defaultdict[tuple[str, str], int] = defaultdict(int)
         self.handshake_errors: defaultdict[str, int] = defaultdict(int)
+        # Refused client certificates, by clientauth.FAILURE_REASONS (also a handshake error).
+        self.client_auth_failures: defaultdict[str, int] = defaultdict(int)
         self.handshake_duration = Histogram(HANDSHAKE_BUCKETS)
         self.connections_active = 0
         self.connections_rejected: defaultdict[str, int] = defaultdict(int)

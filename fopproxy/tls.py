@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from fopproxy import native
+from fopproxy.clientauth import ClientTrust
 from fopproxy.errors import ComplianceError
+from fopproxy.peerverify import apply_client_trust
 from fopproxy.policy import SuiteSelection
 
 if TYPE_CHECKING:
@@ -78,12 +80,17 @@ def offered_suites(ctx: ssl.SSLContext) -> tuple[list[str], list[str]]:
 
 
 def verify_context(
-    ctx: ssl.SSLContext, selection: SuiteSelection, *, tickets: bool = False
+    ctx: ssl.SSLContext,
+    selection: SuiteSelection,
+    *,
+    tickets: bool = False,
+    client_trust: ClientTrust | None = None,
 ) -> None:
     """Fail closed unless the context is exactly what the selection asks for.
 
     `tickets`: session tickets are meant to be on (shared keys installed); otherwise they must be
-    off. Early data (0-RTT, replayable) must be refused either way.
+    off. Early data (0-RTT, replayable) must be refused either way. `client_trust`: client
+    certificates are asked for in exactly its mode.
     """
     tls12, tls13 = offered_suites(ctx)
     if tuple(tls12) != selection.tls12:
@@ -116,6 +123,11 @@ def verify_context(
                 f"OpenSSL would agree key-exchange groups {list(groups)} under {version}, "
                 f"expected {list(selection.profile.groups)}"
             )
+    wanted = ssl.CERT_NONE if client_trust is None else client_trust.verify_mode
+    if ctx.verify_mode != wanted:
+        raise ComplianceError(
+            f"client certificate mode is {ctx.verify_mode.name}, not {wanted.name}"
+        )
 
 
 def build_context(
@@ -126,6 +138,7 @@ def build_context(
     session_context: bytes | None = None,
     resumption: bool = True,
     tickets: KeyRing | None = None,
+    client_trust: ClientTrust | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
 
@@ -139,6 +152,8 @@ def build_context(
     cache stays either way. `session_context` names the certificates served, so a session is
     only resumed by a context serving the same ones; `resumption=False` turns resumption off
     altogether (see CertificateSet). Early data stays at OpenSSL's 0: never accepted.
+    `client_trust`: ask for client certificates, verify them against its CA and judge them by
+    its allow-list (peerverify).
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = selection.profile.minimum_version
@@ -166,5 +181,7 @@ def build_context(
         ctx.load_cert_chain(cert, key, password)
     if sni_callback is not None:
         ctx.sni_callback = sni_callback
-    verify_context(ctx, selection, tickets=with_tickets)
+    if client_trust is not None:
+        apply_client_trust(ctx, client_trust)
+    verify_context(ctx, selection, tickets=with_tickets, client_trust=client_trust)
     return ctx

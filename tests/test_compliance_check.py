@@ -285,8 +285,9 @@ def test_text_table_is_aligned(tmp_path: Path, ca: CA, capsys: pytest.CaptureFix
     column = out[header].index("DETAIL")
     rows = out[header + 1 : out.index("", header)]
     # Six config rules, eight for the certificate (read, key_match, key, signature, validity,
-    # names, chain, trust), then key-type coverage, startup and the native-access row.
-    assert len(rows) == 17
+    # names, chain, trust), then key-type coverage, client_auth (off), startup and the
+    # native-access row.
+    assert len(rows) == 18
     assert all(row[column - 2 : column] == "  " and row[column] != " " for row in rows)
     assert out[-2].startswith("PASS: ")
 

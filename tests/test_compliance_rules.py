@@ -119,6 +119,10 @@ CARD_RULES = {
     "cert.chain": "3",
     "cert.trust": "3",
     "hostname_verification": "2",
+    "outbound.connect": "2",
+    "outbound.trust": "3",
+    "outbound.client_policy": "1",
+    "client_auth": "fop",
 }
 
 

@@ -201,3 +201,39 @@ def test_reload_settings_default_and_override() -> None:
 def test_bad_reload_grace(value: object, message: str) -> None:
     tls = {"certificates": [{"cert": "a.pem", "key": "a.key"}], "reload_grace": value}
     assert _problems(_base(tls=tls)) == [message]
+
+
+def test_client_auth_and_proxy_protocol_default_off() -> None:
+    """Both features are off unless asked for."""
+    config = parse_config(_base(), Path("/etc/fopproxy"))
+    assert config.tls.client_auth.mode == "off"
+    assert config.proxy_protocol == "off"
+
+
+def test_client_auth_section_resolves_ca_beside_the_config() -> None:
+    """tls.client_auth parses into the frozen model; ca is relative to the config's folder."""
+    tls = {
+        "certificates": [{"cert": "a.pem", "key": "a.key"}],
+        "client_auth": {"mode": "require", "ca": "tls/clients-ca.pem", "allow": {"cn": ["payments.google.com"]}},
+    }
+    config = parse_config(_base(tls=tls, proxy_protocol="v2"), Path("/etc/fopproxy"))
+    assert config.tls.client_auth.ca == Path("/etc/fopproxy/tls/clients-ca.pem")
+    assert config.tls.client_auth.allow.cn == ("payments.google.com",)
+    assert config.proxy_protocol == "v2"
+
+
+def test_client_auth_problems_join_the_others() -> None:
+    """A client_auth mistake is reported with every other problem, naming tls.client_auth.ca."""
+    tls = {"certificates": [{"cert": "a.pem", "key": "a.key"}], "client_auth": {"mode": "require"}}
+    problems = _problems(_base(tls=tls, proxy_protocol="v3", workers=0))
+    assert [p.split(":")[0] for p in problems] == ["tls.client_auth.ca", "workers", "proxy_protocol"]
+    assert "must be off, v1 or v2, got 'v3'" in problems[-1]
+
+
+def test_yaml_off_for_proxy_protocol(tmp_path: Path) -> None:
+    """`proxy_protocol: off` unquoted (YAML 1.1 false) means off."""
+    raw = yaml.safe_load("proxy_protocol: off\ntls: {client_auth: {mode: off}}")
+    merged = _base(proxy_protocol=raw["proxy_protocol"])
+    merged["tls"]["client_auth"] = raw["tls"]["client_auth"]
+    config = parse_config(merged, tmp_path)
+    assert (config.proxy_protocol, config.tls.client_auth.mode) == ("off", "off")

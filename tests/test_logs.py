@@ -21,7 +21,7 @@ from fopproxy.logs import (
 
 FIELDS = ("10.0.0.7:42310", "api.example.com", "TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256", 84, 155, 3_000_250, "done")
 TEXT = (
-    "Z INFO fopproxy.conn connection closed client=10.0.0.7:42310 sni=api.example.com version=TLSv1.2 "
+    "Z INFO fopproxy.conn connection closed direction=inbound client=10.0.0.7:42310 sni=api.example.com version=TLSv1.2 "
     "cipher=ECDHE-ECDSA-AES128-GCM-SHA256 bytes_to_backend=84 bytes_to_client=155 duration=3.000250 reason=done"
 )
 
@@ -125,6 +125,7 @@ def test_json_connection_line_carries_every_field(pipe_logging: tuple[BatchingHa
     record = json.loads(b"".join(_drain(fd)))
     assert record["msg"] == "connection closed"
     assert record["logger"] == "fopproxy.conn"
+    assert record["direction"] == "inbound"  # outbound lines say direction=outbound
     assert {key: record[key] for key in CONNECTION_FIELDS} == {
         **dict(zip(CONNECTION_FIELDS, FIELDS, strict=True)), "duration": 3.00025
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from fopproxy.metrics.aggregate import WorkerAggregator, snapshot_path
 from fopproxy.metrics.collector import make_registry
 from fopproxy.metrics.http import MetricsHTTPProtocol, respond
 from fopproxy.metrics.snapshot import MetricsSnapshot, take_snapshot
+from fopproxy.outbound.collector import ClientCertificateGauge, OutboundSnapshot
 from fopproxy.policy import DEFAULT_PROFILE, PROFILES, select_suites
 from fopproxy.reasons import CloseReason
 from fopproxy.stats import BACKEND_ERROR_REASONS, HANDSHAKE_BUCKETS, HANDSHAKE_ERROR_REASONS, Stats
@@ -52,6 +54,7 @@ def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = Non
         stats=stats,
         relay=SimpleNamespace(active=active if active is not None else set()),
         store=SimpleNamespace(current=certificates, tickets=None),
+        outbound=None,
         ready=ready,
         http_stats=_one_http_request(),
     )
@@ -318,6 +321,12 @@ async def test_asyncio_responder_over_loopback(tls_files: TLSFiles) -> None:
 
 def exported_names(tls_files: TLSFiles) -> set[str]:
     snapshot = take_snapshot(fake_worker(tls_files, busy_stats()), 0.0)
+    # With one outbound that made a call, so that its families have samples too.
+    outbound = OutboundSnapshot(
+        "google", handshakes={("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"): 1}, peer_not_after=1.0,
+        client_certificate=ClientCertificateGauge("CN=partner", "3c", "ecdsa", 0.0, 1.0),
+    )
+    snapshot = dataclasses.replace(snapshot, outbound=(outbound,))
     registry = make_registry(lambda: snapshot)
     return {s.name for family in registry.collect() for s in family.samples}
 
@@ -346,7 +355,7 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
     check = subprocess.run(["promtool", "check", "rules", "alerts.yml"], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
     written = sum(len(group["rules"]) for group in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"])
-    assert written >= 7
+    assert written >= 10  # 7 for the listener, 3 for outbound
     assert f"SUCCESS: {written} rules found" in check.stdout
     unit = subprocess.run(["promtool", "test", "rules", "alerts.test.yml"], cwd=DEPLOY, capture_output=True, text=True, timeout=60)
     assert unit.returncode == 0, unit.stdout + unit.stderr

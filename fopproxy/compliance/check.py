@@ -9,20 +9,29 @@ is left of start-up (reading the files as `run` does, building the contexts) is 
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import certifi
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fopproxy.certrules import judge, refusal_among
 from fopproxy.certs import (
     CertificateSet,
     LoadedCertificate,
     certificate_evidence,
+    client_trust,
     entry_error,
+    load_client_ca,
     loaded_certificate,
     read_snapshot,
     read_source,
 )
+from fopproxy.clientauth import ClientAuthConfig, ClientCA, ca_to_read
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.rules import Result, describe_certificate, result_rows
 from fopproxy.config import Config, load_config
@@ -33,9 +42,11 @@ from fopproxy.errors import (
     FopproxyError,
 )
 from fopproxy.native import status as native_status
+from fopproxy.peerverify import status as peerverify_status
 from fopproxy.policy import CARD_FOP_TLS12_SUITES, IANA_NAMES, SuiteSelection, suite_key_type
 from fopproxy.sources import CertificateSource
 from fopproxy.tls import agreed_groups, build_context, offered_suites
+from fopproxy.tlsinfo import status as tlsinfo_status
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,10 @@ def check_file(path: str | Path, now: datetime | None = None) -> Report:
 
 def check_config(config: Config, now: datetime | None = None) -> Report:
     moment = now or datetime.now(UTC)
+    if config.tls is None:
+        from fopproxy.outbound.audit import outbound_report
+
+        return outbound_report(config, moment)
     selection = config.tls.selection
     report = Report(
         "check",
@@ -79,19 +94,103 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
         if entry.described is not None:
             certificates.append({"role": subject, "cert": str(source.cert), **entry.described})
     report.add(_coverage_result(selection, key_types))
+    client_rows, client_facts = _client_auth_results(config.tls.client_auth, moment)
+    report.add(*client_rows)
     report.add(_startup_result(config, judged))
-    native = native_status()
+    native = {**native_status(), **peerverify_status(), **tlsinfo_status()}
     report.add(
         Result("startup", "runtime", "PASS", "; ".join(f"{k}: {v}" for k, v in native.items()))
     )
+    if config.outbound:
+        from fopproxy.outbound.audit import outbound_results
+
+        report.add(*outbound_results(config, moment))
     report.facts = {
         "tls12_suites": list(selection.tls12),
         "tls13_suites": list(selection.tls13) if _serves_tls13(selection) else [],
         "groups": list(selection.profile.groups),
         "native": native,
         "certificates": certificates,
+        "client_auth": client_facts,
     }
     return report
+
+
+@functools.cache
+def _public_roots() -> frozenset[bytes]:
+    """SubjectPublicKeyInfo of every Mozilla root (certifi): a CA among them issues to anyone.
+
+    One root at a time: a root cryptography frowns on (a non-positive serial) warns or, in a
+    later release, fails alone instead of hiding every other root.
+    """
+    spki: set[bytes] = set()
+    end = b"-----END CERTIFICATE-----"
+    for block in certifi.contents().encode("ascii").split(end):
+        if b"-----BEGIN CERTIFICATE-----" not in block:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                cert = x509.load_pem_x509_certificate(block + end)
+            except ValueError:
+                continue
+        spki.add(cert.public_key().public_bytes(*_SPKI))
+    return frozenset(spki)
+
+
+def _client_auth_results(
+    config: ClientAuthConfig, now: datetime
+) -> tuple[list[Result], dict[str, object]]:
+    """`tls.client_auth`: the CA file as run reads it, and whether the allow-list narrows it."""
+    subject = "tls.client_auth"
+    allow = config.allow
+    facts: dict[str, object] = {
+        "mode": config.mode,
+        "ca_names": [],
+        "allow": {
+            "cn": list(allow.cn), "dns": list(allow.dns), "uri": list(allow.uri),
+            "sha256": sorted(pin.hex(":").upper() for pin in allow.sha256),
+        },
+    }
+    if not config.enabled or config.ca is None:
+        off = Result("client_auth", subject, "PASS", "off: no client certificate asked for")
+        return [off], facts
+    try:
+        ca: ClientCA = load_client_ca(config.ca)
+    except CertificateError as exc:
+        return [Result("client_auth", subject, "FAIL", str(exc))], facts
+    facts["ca_names"] = list(ca.subjects)
+    rows = [
+        Result(
+            "client_auth",
+            subject,
+            "PASS",
+            f"{config.mode}: {len(ca.subjects)} trust anchor(s) in {config.ca}: "
+            + "; ".join(ca.subjects)
+            + ("; allow: any certificate that chains to them" if allow.empty else
+               f"; allow: {len(allow.cn)} cn, {len(allow.dns)} dns, {len(allow.uri)} uri, "
+               f"{len(allow.sha256)} sha256"),
+        )
+    ]
+    anchors = x509.load_pem_x509_certificates(ca.pem.encode("ascii"))
+    for index, cert in enumerate(anchors):
+        if cert.not_valid_after_utc <= now:
+            rows.append(Result(
+                "client_auth", f"{subject}.ca[{index}]", "WARN",
+                f"{cert.subject.rfc4514_string()} expired on "
+                f"{cert.not_valid_after_utc.isoformat()}: certificates it issued are refused",
+            ))
+    public = _public_roots()
+    if allow.empty and any(c.public_key().public_bytes(*_SPKI) in public for c in anchors):
+        rows.append(Result(
+            "client_auth", subject, "WARN",
+            "ca holds a public root (Mozilla store) and allow is empty: anyone with a certificate "
+            "from that CA is admitted; name the client in allow (cn, dns, uri or sha256)",
+        ))
+    return rows, facts
+
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _serves_tls13(selection: SuiteSelection) -> bool:
@@ -176,6 +275,8 @@ def _policy_results(selection: SuiteSelection) -> list[Result]:
 
 def _certificate(subject: str, source: CertificateSource, config: Config, now: datetime) -> _Judged:
     """The rows for one configured chain, judged by the rule table `run` uses."""
+    assert config.tls is not None  # only inbound configs have chains
+    assert config.server_name is not None
     try:
         cert_pem, key_pem, password = read_source(source)
     except OSError as exc:
@@ -234,8 +335,10 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
     validated twice); the files are read as `run` reads them, and the contexts are built for
     real, since OpenSSL has the last word on a certificate set.
     """
+    assert config.tls is not None  # only inbound configs have chains
+    assert config.server_name is not None
     try:
-        snapshot = read_snapshot(config.tls.certificates)
+        snapshot = read_snapshot(config.tls.certificates, ca_to_read(config.tls.client_auth))
     except CertificateError as exc:
         return exc
     loaded: list[LoadedCertificate] = []
@@ -246,7 +349,10 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
             return CertificateReadError(f"tls.certificates[{index}]: changed while being read")
         loaded.append(entry.loaded)
     try:
-        CertificateSet(loaded, config.tls.selection, config.server_name, snapshot.digest)
+        trust = client_trust(config.tls.client_auth, snapshot.client_ca)
+        CertificateSet(
+            loaded, config.tls.selection, config.server_name, snapshot.digest, client_trust=trust
+        )
     except (CertificateError, ComplianceError) as exc:
         return exc
     return None

@@ -62,6 +62,12 @@ RULES: dict[str, Rule | CertificateRule] = {
     "cert.chain": CERTIFICATE_RULE["cert.chain"],
     "cert.trust": CERTIFICATE_RULE["cert.trust"],
     "hostname_verification": Rule("2", "a verifying client accepts the chain for the hostname"),
+    "outbound.connect": Rule("2", "outbound: connect is host:port, the name to check is known"),
+    "outbound.trust": Rule("3", "outbound: trust (Mozilla roots or a PEM file) is readable"),
+    "outbound.client_policy": Rule(
+        "1", "outbound: TLS >= 1.2, only the listed suites, chain and hostname always verified"
+    ),
+    "client_auth": Rule("fop", "client certificates (mutual TLS) as configured"),
 }
 
 

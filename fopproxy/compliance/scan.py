@@ -22,6 +22,7 @@ from typing import Any, Literal
 import certifi
 from cryptography import x509
 
+from fopproxy.compliance.certrequest import ClientAuthProbe, probe_client_auth
 from fopproxy.compliance.report import Report
 from fopproxy.compliance.resumption import Resumption
 from fopproxy.compliance.resumption import probe as resumption_probe
@@ -362,6 +363,8 @@ def scan(target: Target) -> Report:
         target.host, target.port, target.sni, target.timeout, session_max_early_data
     )
     report.add(*_resumption_results(resumption, tls13_on))
+    client_auth = probe_client_auth(target.host, target.port, target.sni, target.timeout)
+    report.add(_client_auth_result(client_auth))
     ids = {c["name"]: f"0x{c['id'] & 0xFFFF:04X}" for c in candidates}
     report.facts = {
         "protocols": {name: {"state": p.state, "detail": p.detail} for name, p in versions.items()},
@@ -387,8 +390,24 @@ def scan(target: Target) -> Report:
             "tls13_psk": resumption.tls13_psk if tls13_on else "untested",
             "max_early_data": resumption.max_early_data,
         },
+        "client_auth": {"mode": client_auth.state, "ca_names": list(client_auth.ca_names)},
     }
     return report
+
+
+def _client_auth_result(probe: ClientAuthProbe) -> Result:
+    """Informational: whether the server asks for a client certificate and whom it names."""
+    if probe.state == "unknown":
+        return Result("client_auth", "server", "SKIP", f"cannot tell: {probe.detail}")
+    detail = {
+        "required": "requires a client certificate",
+        "optional": "asks for a client certificate, serves clients without one",
+        "not_requested": "does not ask for a client certificate",
+    }[probe.state]
+    if probe.state != "not_requested":
+        names = "; ".join(probe.ca_names) if probe.ca_names else "none (any issuer)"
+        detail += f"; CA names sent: {names}"
+    return Result("client_auth", "server", "PASS", detail)
 
 
 def _resumption_results(found: Resumption, tls13_on: bool) -> list[Result]:

@@ -75,7 +75,11 @@ def subject_of(chain: tuple[bytes, ...]) -> str:
         subject = x509.load_der_x509_certificate(chain[0]).subject.rfc4514_string()
     except ValueError:
         return "?"
-    # A log field: no spaces or control characters, whatever the subject holds.
+    return printable(subject)
+
+
+def printable(subject: str) -> str:
+    """A subject as a log field: no spaces or control characters, whatever it holds."""
     return "".join(c if c.isprintable() and c != " " else "_" for c in subject)[:256] or "-"
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fopproxy.config import HttpConfig, TcpAddress, UnixAddress
 from fopproxy.http.accesslog import AccessLog
-from fopproxy.http.clientcert import chain_of, client_cert_headers, subject_of
+from fopproxy.http.clientcert import chain_of, client_cert_headers, printable, subject_of
 from fopproxy.http.pump import HttpPump, PumpSettings
 from fopproxy.http.stats import HttpStats
 from fopproxy.reasons import CloseReason
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from fopproxy.certs import CertificateSet
     from fopproxy.config import Timeouts
+    from fopproxy.proxyproto import ProxyProtocol
     from fopproxy.stats import Stats
 
 log = logging.getLogger("fopproxy.conn")
@@ -56,10 +57,14 @@ class HttpRelay(Relay):
         log_requests: bool,
         http: HttpConfig,
         http_stats: HttpStats,
+        *,
+        proxy_protocol: ProxyProtocol = "off",
+        client_auth: bool = False,
     ) -> None:
         # No connection line in this mode: one line per request instead (accesslog.py).
         super().__init__(
-            loop, certificates, backend, timeouts, max_connections, stats, log_connections=False
+            loop, certificates, backend, timeouts, max_connections, stats, log_connections=False,
+            proxy_protocol=proxy_protocol, client_auth=client_auth,
         )
         self.http = http
         self.http_stats = http_stats
@@ -117,15 +122,25 @@ class HttpClientConnection(ClientConnection):
         client_text, client_host = _client_text(
             transport.get_extra_info("peername") if transport is not None else None
         )
+        # Only a certificate the handshake verified (tls.client_auth: chain and allow-list) is
+        # ever put in a header; without client_auth the context asks for none.
         chain = chain_of(self.pipe.ssl)
+        subject = "-"
+        if relay.pump_settings.access.enabled and chain:
+            identity = self.client_cert  # parsed once per distinct certificate (peerverify)
+            subject = printable(identity.subject) if identity is not None else subject_of(chain)
         pump = HttpPump(
             relay.pump_settings,
             self,
             client_text=client_text,
             client_host=client_host,
             cert_headers=client_cert_headers(chain) if relay.http.client_cert_header else b"",
-            cert_subject=subject_of(chain) if relay.pump_settings.access.enabled else "-",
+            cert_subject=subject,
+            preamble=self._preamble,  # proxy_protocol: first on every backend connection
         )
+        # The pump writes it to each backend connection it dials; tcp mode's backend_made would
+        # write it into the pump, i.e. parse it as the client's request.
+        self._preamble = b""
         self.backend_made(pump)
 
     # ---- ClientSide ------------------------------------------------------------------------------

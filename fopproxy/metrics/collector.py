@@ -20,8 +20,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from fopproxy import __version__
+from fopproxy.clientauth import FAILURE_REASONS
 from fopproxy.http.stats import http_families
 from fopproxy.metrics.snapshot import HistogramData, MetricsSnapshot
+from fopproxy.outbound.collector import outbound_families
 from fopproxy.stats import (
     BACKEND_ERROR_REASONS,
     CONNECT_BUCKETS,
@@ -76,6 +78,7 @@ class FopproxyCollector(Collector):
         yield from self._connections(snap)
         yield from self._backend(snap)
         yield from self._certificates(snap)
+        yield from outbound_families(snap.outbound)
         yield from http_families(snap.http)
         info = GaugeMetricFamily(
             "fopproxy_build_info", "fopproxy build: version, Python and OpenSSL (value 1)",
@@ -96,6 +99,11 @@ class FopproxyCollector(Collector):
         yield _counter_by(
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
             "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
+        )
+        yield _counter_by(
+            "fopproxy_tls_client_auth_failures",
+            "Client certificates refused (tls.client_auth), by reason",
+            "reason", snap.client_auth_failures, FAILURE_REASONS,
         )
         resumed = CounterMetricFamily(
             "fopproxy_tls_resumptions",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fopproxy.http.stats import HttpSnapshot
+from fopproxy.outbound.collector import OutboundSnapshot, combine, take_snapshots
 from fopproxy.stats import CONNECT_BUCKETS, HANDSHAKE_BUCKETS, Histogram, Stats
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class MetricsSnapshot:
 
     handshakes: dict[tuple[str, str], int] = field(default_factory=dict)
     handshake_errors: dict[str, int] = field(default_factory=dict)
+    client_auth_failures: dict[str, int] = field(default_factory=dict)
     handshake_duration: HistogramData = field(
         default_factory=lambda: HistogramData.empty(HANDSHAKE_BUCKETS)
     )
@@ -87,6 +89,7 @@ class MetricsSnapshot:
     # Every worker steps the same ticket-key schedule: the count is the largest, not a sum.
     ticket_key_rotations: int = 0
     ticket_key_reload_failures: int = 0
+    outbound: tuple[OutboundSnapshot, ...] = ()
     http: HttpSnapshot = field(default_factory=HttpSnapshot)  # mode: http (fopproxy/http/)
 
     def add_counters(self, other: MetricsSnapshot) -> MetricsSnapshot:
@@ -95,6 +98,9 @@ class MetricsSnapshot:
             self,
             handshakes=_add_counts(self.handshakes, other.handshakes),
             handshake_errors=_add_counts(self.handshake_errors, other.handshake_errors),
+            client_auth_failures=_add_counts(
+                self.client_auth_failures, other.client_auth_failures
+            ),
             handshake_duration=self.handshake_duration + other.handshake_duration,
             connections_rejected=_add_counts(self.connections_rejected, other.connections_rejected),
             bytes_to_backend=self.bytes_to_backend + other.bytes_to_backend,
@@ -110,6 +116,10 @@ class MetricsSnapshot:
             ticket_key_reload_failures=max(
                 self.ticket_key_reload_failures, other.ticket_key_reload_failures
             ),
+            # A dead worker's outbound connections are not open any more; its counts stay.
+            outbound=combine(
+                (self.outbound, (replace(o, active=0) for o in other.outbound))
+            ),
             http=self.http + other.http,
         )
 
@@ -122,6 +132,7 @@ class MetricsSnapshot:
             self.add_counters(other),
             connections_active=self.connections_active + other.connections_active,
             certificates=tuple(merged.values()),
+            outbound=combine((self.outbound, other.outbound)),
         )
 
     def to_json(self) -> bytes:
@@ -129,6 +140,7 @@ class MetricsSnapshot:
             {
                 "handshakes": [[v, c, n] for (v, c), n in self.handshakes.items()],
                 "handshake_errors": self.handshake_errors,
+                "client_auth_failures": self.client_auth_failures,
                 "handshake_duration": [list(self.handshake_duration.counts),
                                        self.handshake_duration.sum],
                 "connections_active": self.connections_active,
@@ -148,6 +160,7 @@ class MetricsSnapshot:
                 "resumptions": self.resumptions,
                 "ticket_key_rotations": self.ticket_key_rotations,
                 "ticket_key_reload_failures": self.ticket_key_reload_failures,
+                "outbound": [o.to_json() for o in self.outbound],
                 "http": self.http.to_jsonable(),
             },
             separators=(",", ":"),
@@ -161,6 +174,7 @@ class MetricsSnapshot:
             return cls(
                 handshakes={(str(v), str(c)): int(n) for v, c, n in raw["handshakes"]},
                 handshake_errors=_int_map(raw["handshake_errors"]),
+                client_auth_failures=_int_map(raw["client_auth_failures"]),
                 handshake_duration=_histogram(raw["handshake_duration"], HANDSHAKE_BUCKETS),
                 connections_active=int(raw["connections_active"]),
                 connections_rejected=_int_map(raw["connections_rejected"]),
@@ -180,6 +194,7 @@ class MetricsSnapshot:
                 resumptions=_int_map(raw["resumptions"]),
                 ticket_key_rotations=int(raw["ticket_key_rotations"]),
                 ticket_key_reload_failures=int(raw["ticket_key_reload_failures"]),
+                outbound=tuple(OutboundSnapshot.from_json(o) for o in raw.get("outbound", ())),
                 http=HttpSnapshot.from_jsonable(raw["http"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -228,6 +243,7 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
     return MetricsSnapshot(
         handshakes=dict(stats.handshakes),
         handshake_errors=dict(stats.handshake_errors),
+        client_auth_failures=dict(stats.client_auth_failures),
         handshake_duration=HistogramData.of(stats.handshake_duration),
         connections_active=stats.connections_active,
         connections_rejected=dict(stats.connections_rejected),
@@ -238,11 +254,12 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
         reloads=dict(stats.reloads),
         # The initial load is a successful load too: without it a fresh process reads as 1970.
         last_reload_success=stats.last_reload_success or started,
-        certificates=certificate_infos(worker.store.current),
+        certificates=certificate_infos(worker.store.current) if worker.store else (),
         ready=worker.ready,
         resumptions=dict(stats.resumptions),
-        ticket_key_rotations=_rotations(worker.store.tickets),
+        ticket_key_rotations=_rotations(worker.store.tickets) if worker.store else 0,
         ticket_key_reload_failures=stats.ticket_key_reload_failures,
+        outbound=take_snapshots(worker.outbound),
         http=worker.http_stats.snapshot(),
     )
 

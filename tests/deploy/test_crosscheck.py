@@ -179,12 +179,20 @@ def test_alerts_use_metrics_fopproxy_exports(
     metrics_port = free_port()
     with ThreadedBackend(lambda conn: None) as backend:
         config = proxy_config(backend.address, metrics={"listen": f"127.0.0.1:{metrics_port}"})
+        # An outbound entry too (with a client certificate), so its families are exported.
+        certificate = config["tls"]["certificates"][0]
+        config["outbound"] = [{
+            "listen": f"127.0.0.1:{free_port()}", "connect": f"{backend.address}",
+            "server_name": "vgw.googleapis.test", "trust": certificate["cert"],
+            "client_certificate": {"cert": certificate["cert"], "key": certificate["key"]},
+        }]
         with ProxyProcess(tmp_path, config) as proxy:
             wait_for_port("127.0.0.1", metrics_port, proc=proxy.proc)
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
                 exposition = response.read().decode()
     exported = set(re.findall(r"^(fopproxy_[a-z_]+)", exposition, re.MULTILINE))
-    # A counter family with no sample yet still has its # TYPE line.
-    exported |= set(re.findall(r"^# TYPE (fopproxy_[a-z_]+) counter", exposition, re.MULTILINE))
+    # A family with no sample yet (a counter, or a gauge such as the outbound server's
+    # certificate expiry before the first call) still has its # TYPE line.
+    exported |= set(re.findall(r"^# TYPE (fopproxy_[a-z_]+) (?:counter|gauge)", exposition, re.MULTILINE))
     exported |= {f"{name}_total" for name in re.findall(r"^# TYPE (fopproxy_[a-z_]+) counter", exposition, re.MULTILINE)}
     assert names <= exported, sorted(names - exported)

@@ -4,6 +4,7 @@ metrics."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -12,6 +13,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SERVER_NAME, ConfigFactory, TLSFiles
 from tests.support.backends import free_port
+from tests.support.clientpki import issue_client
 from tests.support.httpbackend import PATTERN, RecordingServer, pattern_digest
 from tests.support.pki import CA
 from tests.support.proxy import ProxyProcess, client_context, tls_connect
@@ -374,3 +377,46 @@ def test_json_access_lines_parse_with_every_field(tmp_path: Path, proxy_config: 
         "client": line["client"], "cert": "-", "reason": "-",
     }
     assert line["client"].startswith("127.0.0.1:") and line["bytes_out"] > 0 and 0 < line["duration"] < 5
+
+
+def test_client_auth_certificate_and_proxy_header_reach_the_backend(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, ca: CA) -> None:
+    """tls.client_auth + proxy_protocol v1 in http mode: the backend reads one PROXY line per
+    backend connection, then requests that carry the verified certificate as RFC 9440 Client-Cert
+    (a forged one removed); the access line names the subject."""
+    client = issue_client(ca, tmp_path / "clients", "partner", cn="payments.google.com")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    config = http_config(proxy_config, f"127.0.0.1:{server.getsockname()[1]}", proxy_protocol="v1")
+    config["tls"] = {**config["tls"], "client_auth": {"mode": "require", "ca": str(tls_files.cafile)}}
+    with server, ProxyProcess(tmp_path, config) as proxy:
+        received: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                for _ in range(2):  # two requests on one backend connection
+                    while data.count(b"\r\n\r\n") < len(received) + 1:
+                        data += conn.recv(65536)
+                    received.append(data)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        result = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "--cacert", str(tls_files.cafile), "--cert", str(client.cert),
+             "--key", str(client.key), "--resolve", f"{SERVER_NAME}:{proxy.port}:127.0.0.1",
+             "-H", "Client-Cert: :ZXZpbA==:", f"https://{SERVER_NAME}:{proxy.port}/a", f"https://{SERVER_NAME}:{proxy.port}/b"],
+            capture_output=True, text=True, timeout=30,
+        )
+        thread.join(10)
+        assert result.stdout == "okok", result.stderr
+        stream = received[-1]
+        assert stream.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+        assert stream.count(b"PROXY ") == 1
+        leaf = base64.b64encode(client.der)
+        assert stream.count(b"Client-Cert: :" + leaf + b":\r\n") == 2
+        assert b"ZXZpbA" not in stream
+        log = proxy.wait_for_log("path=/b")
+        assert "cert=CN=payments.google.com" in log

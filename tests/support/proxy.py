@@ -73,7 +73,9 @@ class ProxyProcess:
         self.config = config
         self.config_path = folder / "proxy.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        host, _, port = str(config["listen"]).rpartition(":")
+        # An outbound-only config has no TLS listener: its first outbound listener stands in.
+        listen = config.get("listen") or config["outbound"][0]["listen"]
+        host, _, port = str(listen).rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         self.log_path = folder / "fopproxy.log"
