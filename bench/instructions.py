@@ -8,6 +8,11 @@ so start-up is not counted. Workloads: hs (N full ECDSA handshakes, GET /ok, clo
 keep-alive for a few seconds; instructions per request), bulk (1 MiB answers; per MB).
 
     python3 bench/instructions.py --workloads hs,ka base=/tmp/old-checkout new=. nginx=nginx
+    python3 bench/instructions.py --workloads ka tcp=. http=http:. nginx-http=nginx-http
+
+A DIR of `http:DIR` runs that tree in `mode: http`; `nginx-http` is nginx's http proxy with
+upstream keep-alive (bench/conf/nginx-http.conf), the baseline for it. Without bench/.work/hsload
+the warm-up is a short wrk run (ka and bulk need no Go).
 
 Needs valgrind, nginx, wrk and bench/.work/hsload (bench/run.sh builds it). Loopback only.
 """
@@ -47,15 +52,18 @@ def callgrind_total(path: Path) -> int:
     return total
 
 
-def measure(name: str, source: Path, workload: str, a: argparse.Namespace, rd: Path) -> float:
+def measure(
+    name: str, source: Path, workload: str, a: argparse.Namespace, rd: Path, http: bool = False
+) -> float:
     port = d.free_port()
     a.backend_port = a.backend_port_
     out = rd / f"{name}-{workload}.callgrind"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
-    if str(source) == "nginx":  # the baseline, one process (no master), same TLS policy
+    nginx = str(source) in ("nginx", "nginx-http")
+    if nginx:  # the baseline, one process (no master), same TLS policy
         conf = rd / f"{name}-{workload}.conf"
         d.render(
-            d.CONF / "nginx-stream.conf",
+            d.CONF / ("nginx-http.conf" if str(source) == "nginx-http" else "nginx-stream.conf"),
             conf,
             {
                 "RUNDIR": rd,
@@ -66,19 +74,22 @@ def measure(name: str, source: Path, workload: str, a: argparse.Namespace, rd: P
                 "PORT_RSA": d.free_port(),
                 "WORKERS": 1,
                 "NGX_PROXY_BUF": "16k",
+                "PROTOCOLS": "TLSv1.2",
             },
         )
         argv += ["nginx", "-p", str(rd), "-c", str(conf), "-g", "daemon off; master_process off;"]
     else:
         conf = rd / f"{name}-{workload}.yaml"
-        conf.write_text(d.fopproxy_config(port, "ecdsa", a))
+        conf.write_text(d.fopproxy_config(port, "ecdsa", a) + ("mode: http\n" if http else ""))
         argv += [a.python, "-m", "fopproxy", "-c", str(conf)]
-    env = None if str(source) == "nginx" else dict(os.environ, PYTHONPATH=str(source))
+    env = None if nginx else dict(os.environ, PYTHONPATH=str(source))
     proc = d.Proc(f"{name}-{workload}", argv, "", rd, env)
     try:
         if not d.wait_port(port, timeout=240):
             raise RuntimeError(f"{name} did not start under valgrind (logs in {rd})")
         warm = [a.hsload, "-a", f"127.0.0.1:{port}", "-c", "2", "-total", "20", "-d", "120s"]
+        if not Path(a.hsload).exists() and workload != "hs":
+            warm = ["wrk", "-t1", "-c2", "-d2s", f"https://127.0.0.1:{port}/ok"]
         subprocess.run(warm, check=False, capture_output=True, timeout=300)
         subprocess.run(
             ["callgrind_control", "-i", "on", str(proc.p.pid)],
@@ -150,7 +161,7 @@ def main() -> int:
     ap.add_argument("--certs", default=str(HERE / ".work" / "certs"))
     ap.add_argument("--rundir", default=str(HERE / "results" / time.strftime("ir-%Y%m%dT%H%M%S")))
     a = ap.parse_args()
-    a.workers, a.fopproxy_extra = 1, ""
+    a.workers, a.fopproxy_extra, a.tls13 = 1, "", False  # what driver.fopproxy_config reads
     d.ensure_certs(Path(a.certs))
     rd = Path(a.rundir)
     (rd / "www").mkdir(parents=True, exist_ok=True)
@@ -173,8 +184,10 @@ def main() -> int:
         for workload in a.workloads.split(","):
             for tree in a.trees:
                 name, _, src = tree.partition("=")
-                source = Path(src) if src == "nginx" else Path(src).resolve()
-                ir = measure(name, source, workload, a, rd)
+                http = src.startswith("http:")
+                src = src.removeprefix("http:")
+                source = Path(src) if src in ("nginx", "nginx-http") else Path(src).resolve()
+                ir = measure(name, source, workload, a, rd, http)
                 print(
                     f"{workload:5} {name:12} {ir / 1000:10.1f} k instructions per {unit[workload]}",
                     flush=True,

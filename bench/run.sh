@@ -7,6 +7,7 @@
 #   bash bench/run.sh                                  # 2 cores: proxies on CPU 1, load on CPU 0
 #   bash bench/run.sh --workers 4 --proxy-cpus 0-3 --load-cpus 4-15    # a bigger machine
 #   bash bench/run.sh --workloads hs-ecdsa,ka --rounds 5 --no-nginx --also base=/path/to/old/checkout
+#   bash bench/run.sh --http                          # mode: http vs nginx's http proxy (ka, bulk)
 #
 # Loopback only, kernel-assigned ports; bounded by BENCH_TIMEOUT seconds (default 900).
 set -euo pipefail
@@ -15,7 +16,10 @@ need=()
 command -v nginx >/dev/null || need+=(nginx)
 [[ -f /usr/lib/nginx/modules/ngx_stream_module.so ]] || need+=(libnginx-mod-stream)
 command -v wrk >/dev/null || need+=(wrk)
-command -v go >/dev/null || need+=(golang-go)
+# bench/hsload (Go) drives the handshake and mem workloads; --http runs without them by default.
+hsload=1
+if [[ " $* " == *" --http "* && " $* " != *hs-* && " $* " != *mem* ]]; then hsload=0; fi
+((hsload)) && { command -v go >/dev/null || need+=(golang-go); }
 command -v taskset >/dev/null || need+=(util-linux)
 command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
@@ -32,7 +36,7 @@ fi
 python3 -c 'import uvloop, yaml, cryptography' 2>/dev/null \
   || python3 -m pip install -q -e "$HERE/.."
 mkdir -p "$HERE/.work"
-if [[ ! -x $HERE/.work/hsload || $HERE/hsload/main.go -nt $HERE/.work/hsload ]]; then
+if ((hsload)) && [[ ! -x $HERE/.work/hsload || $HERE/hsload/main.go -nt $HERE/.work/hsload ]]; then
   (cd "$HERE/hsload" && GOCACHE="$HERE/.work/gocache" GO111MODULE=off GOFLAGS= \
      go build -o "$HERE/.work/hsload" main.go)
 fi

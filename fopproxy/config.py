@@ -23,6 +23,7 @@ from fopproxy.proxyproto import PROXY_PROTOCOLS, ProxyProtocol
 from fopproxy.sources import CertificateSource
 
 LogFormat = Literal["text", "json"]
+Mode = Literal["tcp", "http"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -132,6 +133,15 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """`mode: http` settings: what the request-aware pump (fopproxy/http/) may accept and add."""
+
+    max_header_bytes: int = 16384
+    forwarded: bool = True
+    client_cert_header: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole file. The inbound listener (`listen`, `backend`, `server_name`, `tls`) is all or
     nothing and may be absent when `outbound` has entries; at least one of the two is there."""
@@ -151,6 +161,8 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # PROXY protocol header sent to the backend before the first byte (proxyproto.py).
     proxy_protocol: ProxyProtocol = "off"
+    mode: Mode = "tcp"
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: Path | None = None
     outbound: tuple[OutboundConfig, ...] = ()
 
@@ -355,6 +367,7 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         (
             "listen", "backend", "server_name", "tls", "timeouts", "max_connections",
             "workers", "backlog", "logging", "metrics", "outbound", "proxy_protocol",
+            "mode", "http",
         ),
     )
     if raw is None:
@@ -413,6 +426,9 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         p.typed(top, "proxy_protocol", "", _proxy_protocol, "off") or "off"
     )
 
+    mode: Mode = p.typed(top, "mode", "", _mode, "tcp") or "tcp"
+    http = _parse_http(p, top.get("http"))
+
     if p.lines:
         raise ConfigError(p.lines)
     # Every getter that returned None added a problem, so none of these is None here.
@@ -434,8 +450,47 @@ def parse_config(raw: object, base_dir: Path, source: Path | None = None) -> Con
         logging=logging_config,
         metrics=metrics,
         proxy_protocol=proxy_protocol,
+        mode=mode,
+        http=http,
         source=source,
         outbound=outbound,
+    )
+
+
+def _mode(value: object) -> Mode:
+    if value == "tcp":
+        return "tcp"
+    if value == "http":
+        return "http"
+    raise ValueError(f"must be 'tcp' or 'http', got {value!r}")
+
+
+# A request head below 1 KiB cannot carry the headers a payment call needs; above 1 MiB it is an
+# attack on memory (every connection may buffer this much before its request is parsed).
+MIN_HEADER_BYTES = 1024
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def _header_bytes(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a number of bytes, got {_kind(value)}")
+    if not MIN_HEADER_BYTES <= value <= MAX_HEADER_BYTES:
+        raise ValueError(
+            f"must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES} bytes, got {value}"
+        )
+    return value
+
+
+def _parse_http(p: _Problems, raw: object) -> HttpConfig:
+    h = p.mapping(raw, "http", ("max_header_bytes", "forwarded", "client_cert_header"))
+    defaults = HttpConfig()
+    return HttpConfig(
+        max_header_bytes=p.typed(h, "max_header_bytes", "http", _header_bytes)
+        or defaults.max_header_bytes,
+        forwarded=bool(p.typed(h, "forwarded", "http", _boolean, defaults.forwarded)),
+        client_cert_header=bool(
+            p.typed(h, "client_cert_header", "http", _boolean, defaults.client_cert_header)
+        ),
     )
 
 

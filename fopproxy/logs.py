@@ -39,6 +39,9 @@ def _utc_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+utc_second = _utc_second  # for the other fast-path lines (fopproxy/http/accesslog.py)
+
+
 class TextFormatter(logging.Formatter):
     """`2026-11-29T12:00:00.123Z INFO fopproxy.conn connection closed direction=inbound ...`."""
 
@@ -161,6 +164,10 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
                     f" client_sha256={client_cert.fingerprint}"
                 )
             line += "\n"
+        self.add_line(line)
+
+    def add_line(self, line: str) -> None:
+        """Queue one pre-formatted line (newline included) for the next batch."""
         self._pending.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -15,6 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from fopproxy.config import Config
+from fopproxy.http.stats import HttpStats
 from fopproxy.relay import Relay
 from fopproxy.reload import CertificateStore, watch
 from fopproxy.resources import (
@@ -78,6 +79,8 @@ class Worker:
         self.reuse_port = reuse_port
         self._sock = sock
         self.relay: Relay | None = None
+        # mode: http's per-request counters (read by metrics.snapshot like `stats`).
+        self.http_stats = HttpStats()
         self.server: asyncio.AbstractServer | None = None
         self.draining = False
         self._stop = asyncio.Event()
@@ -150,17 +153,27 @@ class Worker:
             )
         assert self.store is not None
         assert config.tls is not None  # a store exists only for an inbound listener
-        self.relay = Relay(
-            loop,
-            self.store.get,
-            config.backend,
-            config.timeouts,
-            capacity,
-            self.stats,
-            config.logging.connections,
-            proxy_protocol=config.proxy_protocol,
-            client_auth=config.tls.client_auth.enabled,
-        )
+        if config.mode == "http":
+            from fopproxy.http.connection import HttpRelay
+
+            self.relay = HttpRelay(
+                loop, self.store.get, config.backend, config.timeouts, capacity, self.stats,
+                config.logging.connections, config.http, self.http_stats,
+                proxy_protocol=config.proxy_protocol,
+                client_auth=config.tls.client_auth.enabled,
+            )
+        else:
+            self.relay = Relay(
+                loop,
+                self.store.get,
+                config.backend,
+                config.timeouts,
+                capacity,
+                self.stats,
+                config.logging.connections,
+                proxy_protocol=config.proxy_protocol,
+                client_auth=config.tls.client_auth.enabled,
+            )
         sock = self._sock or bind_listener(config, reuse_port=self.reuse_port)
         self.server = await loop.create_server(
             self.relay.protocol_factory, sock=sock, backlog=config.backlog

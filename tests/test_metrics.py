@@ -21,6 +21,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fopproxy.certs import CertificateSource, load_certificate_set
+from fopproxy.http.stats import HttpStats
 from fopproxy.metrics.aggregate import WorkerAggregator, snapshot_path
 from fopproxy.metrics.collector import make_registry
 from fopproxy.metrics.http import MetricsHTTPProtocol, respond
@@ -55,7 +56,15 @@ def fake_worker(tls_files: TLSFiles, stats: Stats, active: set[Any] | None = Non
         store=SimpleNamespace(current=certificates, tickets=None),
         outbound=None,
         ready=ready,
+        http_stats=_one_http_request(),
     )
+
+
+def _one_http_request() -> HttpStats:
+    """mode: http's counters with one request, so its labelled families have a sample."""
+    http = HttpStats()
+    http.requests[("POST", 200)] += 1
+    return http
 
 
 def busy_stats() -> Stats:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from fopproxy import __version__
 from fopproxy.clientauth import FAILURE_REASONS
+from fopproxy.http.stats import http_families
 from fopproxy.metrics.snapshot import HistogramData, MetricsSnapshot
 from fopproxy.outbound.collector import outbound_families
 from fopproxy.stats import (
@@ -78,6 +79,7 @@ class FopproxyCollector(Collector):
         yield from self._backend(snap)
         yield from self._certificates(snap)
         yield from outbound_families(snap.outbound)
+        yield from http_families(snap.http)
         info = GaugeMetricFamily(
             "fopproxy_build_info", "fopproxy build: version, Python and OpenSSL (value 1)",
             labels=list(BUILD_LABELS),

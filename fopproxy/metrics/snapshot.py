@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from fopproxy.http.stats import HttpSnapshot
 from fopproxy.outbound.collector import OutboundSnapshot, combine, take_snapshots
 from fopproxy.stats import CONNECT_BUCKETS, HANDSHAKE_BUCKETS, Histogram, Stats
 
@@ -89,6 +90,7 @@ class MetricsSnapshot:
     ticket_key_rotations: int = 0
     ticket_key_reload_failures: int = 0
     outbound: tuple[OutboundSnapshot, ...] = ()
+    http: HttpSnapshot = field(default_factory=HttpSnapshot)  # mode: http (fopproxy/http/)
 
     def add_counters(self, other: MetricsSnapshot) -> MetricsSnapshot:
         """Self plus the monotonic parts of `other` (what a dead worker leaves behind)."""
@@ -118,6 +120,7 @@ class MetricsSnapshot:
             outbound=combine(
                 (self.outbound, (replace(o, active=0) for o in other.outbound))
             ),
+            http=self.http + other.http,
         )
 
     def __add__(self, other: MetricsSnapshot) -> MetricsSnapshot:
@@ -158,6 +161,7 @@ class MetricsSnapshot:
                 "ticket_key_rotations": self.ticket_key_rotations,
                 "ticket_key_reload_failures": self.ticket_key_reload_failures,
                 "outbound": [o.to_json() for o in self.outbound],
+                "http": self.http.to_jsonable(),
             },
             separators=(",", ":"),
         ).encode()
@@ -191,6 +195,7 @@ class MetricsSnapshot:
                 ticket_key_rotations=int(raw["ticket_key_rotations"]),
                 ticket_key_reload_failures=int(raw["ticket_key_reload_failures"]),
                 outbound=tuple(OutboundSnapshot.from_json(o) for o in raw.get("outbound", ())),
+                http=HttpSnapshot.from_jsonable(raw["http"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a worker snapshot: {exc}") from None
@@ -255,6 +260,7 @@ def take_snapshot(worker: Worker, started: float) -> MetricsSnapshot:
         ticket_key_rotations=_rotations(worker.store.tickets) if worker.store else 0,
         ticket_key_reload_failures=stats.ticket_key_reload_failures,
         outbound=take_snapshots(worker.outbound),
+        http=worker.http_stats.snapshot(),
     )
 
 
