@@ -97,6 +97,8 @@ def check_config(config: Config, now: datetime | None = None) -> Report:
     client_rows, client_facts = _client_auth_results(config.tls.client_auth, moment)
     report.add(*client_rows)
     report.add(_startup_result(config, judged))
+    if config.tls.session_tickets.key_file is not None:
+        report.add(_ticket_key_result(config.tls.session_tickets.key_file))
     native = {**native_status(), **peerverify_status(), **tlsinfo_status()}
     report.add(
         Result("startup", "runtime", "PASS", "; ".join(f"{k}: {v}" for k, v in native.items()))
@@ -356,3 +358,17 @@ def _startup_refusal(config: Config, judged: list[_Judged]) -> FopproxyError | N
     except (CertificateError, ComplianceError) as exc:
         return exc
     return None
+
+
+def _ticket_key_result(path: Path) -> Result:
+    """`run` refuses to start on a session-ticket key file it cannot use: say so here."""
+    from fopproxy.tickets import FileKeyRing, TicketKeyError
+
+    subject = "tls.session_tickets.key_file"
+    try:
+        ring = FileKeyRing(path)
+    except (OSError, TicketKeyError) as exc:
+        return Result("startup", subject, "FAIL", f"{path}: {exc}")
+    return Result(
+        "startup", subject, "PASS", f"{path}: {len(ring.keys)} key(s), the first encrypts"
+    )

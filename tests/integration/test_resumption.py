@@ -7,6 +7,7 @@ for early data), 200 reconnections each offering the session it last got.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 import ssl
@@ -192,3 +193,43 @@ def test_resumptions_are_counted_across_workers(
     handshakes = sum(v for (name, _), v in values.items() if name == "fopproxy_tls_handshakes_total")
     assert handshakes == 31
     assert values[("fopproxy_tls_ticket_key_rotations_total", ())] == 0
+
+
+def test_ticket_key_command_writes_a_private_key_file_once(tmp_path: Path) -> None:
+    """`fopproxy ticket-key FILE`: 80-byte keys, mode 0600; never over an existing file (exit 2)."""
+    from fopproxy.tickets import parse_key_file
+
+    path = tmp_path / "tickets.key"
+    made = run_cli("ticket-key", str(path), "--keys", "2")
+    assert made.returncode == 0, made.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(parse_key_file(path.read_bytes())) == 2
+    again = run_cli("ticket-key", str(path))
+    assert again.returncode == 2
+    assert "cannot write" in again.stderr
+    bad = tmp_path / "bad.key"
+    bad.write_bytes(b"\xff" * 81)
+    config_path = _write_config(tmp_path, bad)
+    checked = run_cli("check", "-c", str(config_path), "--json")
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    rows = [r for r in json.loads(checked.stdout)["results"] if r["subject"] == "tls.session_tickets.key_file"]
+    assert [r["status"] for r in rows] == ["FAIL"]
+    assert "not a whole number" in rows[0]["detail"]
+    refused = run_cli("run", "-c", str(config_path))
+    assert refused.returncode == 2
+    assert "tls.session_tickets.key_file" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def _write_config(tmp_path: Path, key_file: Path) -> Path:
+    import yaml
+
+    from tests.conftest import TLSFiles as Files
+    from tests.support.pki import CA
+
+    files = Files(tmp_path / "tls", CA())
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:1", "backend": "127.0.0.1:2", "server_name": SERVER_NAME,
+        "tls": {"certificates": files.entries(), "session_tickets": {"key_file": str(key_file)}},
+    }))
+    return path
