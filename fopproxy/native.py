@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fopproxy.errors import ComplianceError
 
 if TYPE_CHECKING:
-    from fopproxy.tickets import KeyRing
+    from fopproxy.tickets import KeyRing, ScopedKeys
 
 log = logging.getLogger("fopproxy.tls")
 
@@ -359,7 +359,7 @@ def _ticket_libs() -> tuple[_TicketCrypto, _TicketSsl] | None:
     return crypto, ssl_lib
 
 
-def _ticket_callback(ring: KeyRing) -> Any:
+def _ticket_callback(ring: ScopedKeys) -> Any:
     """The C callback for `ring`; the caller keeps it alive as long as any context uses it."""
     libs = _ticket_libs()
     if libs is None:
@@ -407,14 +407,17 @@ def _ticket_callback(ring: KeyRing) -> Any:
     return _Callback(callback)
 
 
-def install_ticket_keys(ctx: ssl.SSLContext, ring: KeyRing) -> None:
-    """Make `ctx` encrypt and decrypt tickets with `ring`'s keys.
+def install_ticket_keys(ctx: ssl.SSLContext, ring: KeyRing, scope: bytes = b"") -> None:
+    """Make `ctx` encrypt and decrypt tickets with `ring`'s keys, as seen by `scope` (the
+    context's session id context: tickets of another scope never open here).
 
     The C callback lives as long as the context: it is kept on the context object itself, so a
     context replaced by a certificate reload takes its callback with it when the last
     connection using it is gone.
     """
-    callback = _ticket_callback(ring)
+    from fopproxy.tickets import ScopedKeys
+
+    callback = _ticket_callback(ScopedKeys(ring, scope))
     libs = _ticket_libs()
     lib = _require_openssl("session tickets cannot be shared between workers")
     if libs is None:

@@ -58,6 +58,19 @@ class TicketKey:
     def to_bytes(self) -> bytes:
         return self.name + self.hmac_key + self.aes_key
 
+    def scoped(self, scope: bytes) -> TicketKey:
+        """This key as seen by one scope (one set of served certificates and client-auth
+        settings): another scope derives other name, HMAC and AES keys, so its tickets never
+        open here. Empty scope: the key itself."""
+        if not scope:
+            return self
+
+        def derive(secret: bytes) -> bytes:
+            return hmac.new(secret, b"fopproxy ticket scope " + scope, hashlib.sha256).digest()
+
+        name = hashlib.sha256(b"fopproxy ticket scope " + scope + self.name).digest()[:NAME_BYTES]
+        return TicketKey(name, derive(self.hmac_key), derive(self.aes_key))
+
     def __repr__(self) -> str:  # never the key material, not even in a traceback
         return f"TicketKey(name={self.name.hex()})"
 
@@ -162,6 +175,39 @@ class KeyRing:
 
     def refresh(self) -> None:
         """Hook for time-driven rings; a file-driven ring changes only through `replace`."""
+
+
+class ScopedKeys:
+    """A ring's keys for one scope, derived once per key (see TicketKey.scoped).
+
+    OpenSSL is meant to refuse a session made under another session id context, but CPython
+    3.13 gives each server-side connection a session id context of its own, so for tickets
+    that check no longer separates two contexts; scoping the keys does, on every runtime.
+    """
+
+    def __init__(self, ring: KeyRing, scope: bytes) -> None:
+        self.ring = ring
+        self.scope = scope
+        self._derived: dict[TicketKey, TicketKey] = {}
+
+    def _scoped(self, key: TicketKey) -> TicketKey:
+        derived = self._derived.get(key)
+        if derived is None:
+            if len(self._derived) > MAX_KEYS:
+                self._derived.clear()  # keys that rotated out
+            derived = self._derived[key] = key.scoped(self.scope)
+        return derived
+
+    def encrypting(self) -> TicketKey:
+        return self._scoped(self.ring.encrypting())
+
+    def find(self, name: bytes) -> tuple[TicketKey, bool] | None:
+        """(key, is it the encrypting one) for a ticket's key name in this scope."""
+        for index, key in enumerate(self.ring.keys):
+            derived = self._scoped(key)
+            if derived.name == name:
+                return derived, index == 0
+        return None
 
 
 def _step(secret: bytes) -> bytes:

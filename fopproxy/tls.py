@@ -163,7 +163,7 @@ def build_context(
     if tickets is not None and resumption:
         ctx.options &= ~ssl.OP_NO_TICKET
         ctx.num_tickets = TLS13_TICKETS
-        native.install_ticket_keys(ctx, tickets)
+        native.install_ticket_keys(ctx, tickets, session_context or b"")
     else:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0

@@ -224,3 +224,29 @@ def test_resumption_without_ecdhe_fails_closed(tls_files: TLSFiles) -> None:
     ctx.options |= ssl.Options(1 << 10)  # SSL_OP_ALLOW_NO_DHE_KEX
     with pytest.raises(ComplianceError, match="psk_ke"):
         verify_context(ctx, selection, tickets=True)
+
+
+@pytest.mark.parametrize(("profile", "version"), [("card-fop", ssl.TLSVersion.TLSv1_2), ("card-fop-tls13", ssl.TLSVersion.TLSv1_3)])
+def test_tickets_do_not_cross_session_contexts(tls_files: TLSFiles, profile: str, version: ssl.TLSVersion) -> None:
+    """One ring, two contexts naming other certificates / client settings: no cross resumption
+    (CPython 3.13 gives server connections a session id context of their own, so OpenSSL's check
+    alone would let it through: the keys are scoped)."""
+    selection = select_suites(PROFILES[profile], ())
+    chain = [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)]
+    ring = Ratchet(600, seed=b"s" * 32)
+    one = build_context(selection, chain, session_context=b"A" * 32, tickets=ring)
+    same = build_context(selection, chain, session_context=b"A" * 32, tickets=ring)
+    other = build_context(selection, chain, session_context=b"B" * 32, tickets=ring)
+    client = client_context(tls_files.cafile)
+    client.maximum_version = version
+    session = _session(handshake_in_memory(one, client))
+    assert _resume(same, client, session)
+    assert not _resume(other, client, session)
+
+
+def test_scoped_keys_differ_per_scope_and_never_show_key_bytes() -> None:
+    key = TicketKey.from_bytes(bytes(range(80)))
+    assert key.scoped(b"") is key
+    a, b = key.scoped(b"A"), key.scoped(b"B")
+    assert len({key.name, a.name, b.name}) == 3
+    assert len({key.aes_key, a.aes_key, b.aes_key}) == 3

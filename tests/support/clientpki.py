@@ -67,6 +67,7 @@ def issue_client(
         .not_valid_after(not_after or now + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.UniformResourceIdentifier(u) for u in uris]

@@ -85,6 +85,11 @@ class CA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            # What every real CA writes; Python 3.13's default client context (X509_STRICT)
+            # refuses a CA-issued leaf without it.
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+            )
         )
         if san and names:
             builder = builder.add_extension(
