@@ -59,7 +59,7 @@ def test_chain_to_a_store_root_passes_trust(ca: CA, monkeypatch: pytest.MonkeyPa
 def test_store_root_that_does_not_verify_is_a_failure_not_a_pass(ca: CA, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chain naming a store root that the verifier rejects (leaf lacks AKI) fails with the reason."""
     monkeypatch.setattr(certrules, "mozilla_roots", lambda: (ca.cert,))
-    leaf, _key = ca.issue(["api.example.test"])
+    leaf, _key = ca.issue(["api.example.test"], authority_key_id=False)
     results = by_rule(certificate_results("leaf", [leaf, ca.cert], "api.example.test"))
     assert results["cert.trust"].status == "FAIL"
     assert "2.5.29.35" in results["cert.trust"].detail  # authorityKeyIdentifier

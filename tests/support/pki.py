@@ -67,6 +67,7 @@ class CA:
         san: bool = True,
         hash_algorithm: hashes.HashAlgorithm | None = None,
         key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+        authority_key_id: bool = True,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey]:
         if key is None:
             if key_type == "rsa":
@@ -85,12 +86,13 @@ class CA:
             .not_valid_before(start)
             .not_valid_after(end)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if authority_key_id:
             # What every real CA writes; Python 3.13's default client context (X509_STRICT)
             # refuses a CA-issued leaf without it.
-            .add_extension(
+            builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
             )
-        )
         if san and names:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
