@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
 
 # Handshake failure reasons: a small fixed set, so label cardinality is bounded.
 HANDSHAKE_ERROR_REASONS = (
@@ -88,3 +90,11 @@ class Stats:
         # Handshakes that resumed a session (ID, ticket or TLS 1.3 PSK), by protocol version.
         self.resumptions: defaultdict[str, int] = defaultdict(int)
         self.ticket_key_reload_failures = 0
+
+
+def add_counts(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
+    """Two workers' counts of one labelled counter, summed (for the metrics snapshots)."""
+    total = dict(a)
+    for key, value in b.items():
+        total[key] = total.get(key, 0) + value
+    return total

@@ -12,9 +12,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
-from fopproxy.stats import Histogram
+from fopproxy.metrics.families import counter_by, histogram_family
+from fopproxy.stats import Histogram, add_counts
 
 # First request byte to last response byte: payment APIs answer in tens of milliseconds to a few
 # seconds; the top buckets catch the backend timeouts.
@@ -52,12 +53,6 @@ class HttpStats:
         )
 
 
-def _add(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
-    total = dict(a)
-    for key, value in b.items():
-        total[key] = total.get(key, 0) + value
-    return total
-
 
 @dataclass(frozen=True)
 class HttpSnapshot:
@@ -72,14 +67,14 @@ class HttpSnapshot:
 
     def __add__(self, other: HttpSnapshot) -> HttpSnapshot:
         return HttpSnapshot(
-            requests=_add(self.requests, other.requests),
+            requests=add_counts(self.requests, other.requests),
             duration_counts=tuple(
                 a + b for a, b in zip(self.duration_counts, other.duration_counts, strict=True)
             ),
             duration_sum=self.duration_sum + other.duration_sum,
             request_body_bytes=self.request_body_bytes + other.request_body_bytes,
             response_body_bytes=self.response_body_bytes + other.response_body_bytes,
-            errors=_add(self.errors, other.errors),
+            errors=add_counts(self.errors, other.errors),
         )
 
     def to_jsonable(self) -> dict[str, Any]:
@@ -118,18 +113,11 @@ def http_families(snap: HttpSnapshot) -> Iterator[Metric]:
     for (method, code), count in sorted(snap.requests.items()):
         requests.add_metric([method, str(code)], count)
     yield requests
-    buckets: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip(DURATION_BUCKETS, snap.duration_counts, strict=False):
-        running += count
-        buckets.append((repr(float(bound)), running))
-    buckets.append(("+Inf", running + snap.duration_counts[-1]))
-    duration = HistogramMetricFamily(
+    yield histogram_family(
         "fopproxy_http_request_duration_seconds",
         "Time from a request's first byte to its response's last byte",
+        DURATION_BUCKETS, snap.duration_counts, snap.duration_sum,
     )
-    duration.add_metric([], buckets, snap.duration_sum)
-    yield duration
     yield CounterMetricFamily(
         "fopproxy_http_request_body_bytes", "Request body bytes relayed to the backend",
         value=snap.request_body_bytes,
@@ -138,10 +126,8 @@ def http_families(snap: HttpSnapshot) -> Iterator[Metric]:
         "fopproxy_http_response_body_bytes", "Response body bytes relayed to clients",
         value=snap.response_body_bytes,
     )
-    errors = CounterMetricFamily(
+    yield counter_by(
         "fopproxy_http_errors",
-        "Requests the proxy answered itself or could not finish, by reason", labels=["reason"],
+        "Requests the proxy answered itself or could not finish, by reason",
+        "reason", snap.errors, ERROR_REASONS,
     )
-    for reason, count in {**dict.fromkeys(ERROR_REASONS, 0), **snap.errors}.items():
-        errors.add_metric([reason], count)
-    yield errors

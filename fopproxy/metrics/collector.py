@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import platform
 import ssl
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -22,7 +21,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from fopproxy import __version__
 from fopproxy.clientauth import FAILURE_REASONS
 from fopproxy.http.stats import http_families
-from fopproxy.metrics.snapshot import HistogramData, MetricsSnapshot
+from fopproxy.metrics.families import counter_by, histogram_family
+from fopproxy.metrics.snapshot import MetricsSnapshot
 from fopproxy.outbound.collector import outbound_families
 from fopproxy.stats import (
     BACKEND_ERROR_REASONS,
@@ -32,32 +32,6 @@ from fopproxy.stats import (
     REJECT_REASONS,
     RELOAD_RESULTS,
 )
-
-
-def _counter_by(
-    name: str, documentation: str, label: str, counts: Mapping[str, int], fixed: Iterable[str]
-) -> CounterMetricFamily:
-    """A counter with one bounded label; every value of the fixed set appears (at 0), so alerts
-    see a series before the event."""
-    family = CounterMetricFamily(name, documentation, labels=[label])
-    for value, count in {**dict.fromkeys(fixed, 0), **counts}.items():
-        family.add_metric([value], count)
-    return family
-
-
-def _histogram_family(
-    name: str, documentation: str, bounds: tuple[float, ...], data: HistogramData
-) -> HistogramMetricFamily:
-    buckets: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip(bounds, data.counts, strict=False):
-        running += count
-        buckets.append((repr(float(bound)), running))
-    buckets.append(("+Inf", running + data.counts[-1]))
-    family = HistogramMetricFamily(name, documentation)
-    family.add_metric([], buckets, data.sum)
-    return family
-
 
 BUILD_LABELS = {
     "version": __version__,
@@ -96,11 +70,11 @@ class FopproxyCollector(Collector):
         for (version, cipher), count in sorted(snap.handshakes.items()):
             handshakes.add_metric([version, cipher], count)
         yield handshakes
-        yield _counter_by(
+        yield counter_by(
             "fopproxy_tls_handshake_errors", "Failed TLS handshakes by reason",
             "reason", snap.handshake_errors, HANDSHAKE_ERROR_REASONS,
         )
-        yield _counter_by(
+        yield counter_by(
             "fopproxy_tls_client_auth_failures",
             "Client certificates refused (tls.client_auth), by reason",
             "reason", snap.client_auth_failures, FAILURE_REASONS,
@@ -124,10 +98,10 @@ class FopproxyCollector(Collector):
             "Session-ticket key files that could not be used (the keys in force stayed)",
             value=snap.ticket_key_reload_failures,
         )
-        yield _histogram_family(
+        yield histogram_family(
             "fopproxy_tls_handshake_duration_seconds",
             "Time from accept to a completed TLS handshake",
-            HANDSHAKE_BUCKETS, snap.handshake_duration,
+            HANDSHAKE_BUCKETS, snap.handshake_duration.counts, snap.handshake_duration.sum,
         )
 
     @staticmethod
@@ -136,7 +110,7 @@ class FopproxyCollector(Collector):
             "fopproxy_connections_active", "Client connections open now",
             value=snap.connections_active,
         )
-        yield _counter_by(
+        yield counter_by(
             "fopproxy_connections_rejected", "Connections refused before TLS, by reason",
             "reason", snap.connections_rejected, REJECT_REASONS,
         )
@@ -149,13 +123,14 @@ class FopproxyCollector(Collector):
 
     @staticmethod
     def _backend(snap: MetricsSnapshot) -> Iterator[Metric]:
-        yield _counter_by(
+        yield counter_by(
             "fopproxy_backend_connect_errors", "Failed backend connection attempts by reason",
             "reason", snap.backend_connect_errors, BACKEND_ERROR_REASONS,
         )
-        yield _histogram_family(
+        yield histogram_family(
             "fopproxy_backend_connect_duration_seconds", "Time to connect to the backend",
-            CONNECT_BUCKETS, snap.backend_connect_duration,
+            CONNECT_BUCKETS, snap.backend_connect_duration.counts,
+            snap.backend_connect_duration.sum,
         )
 
     @staticmethod
@@ -175,7 +150,7 @@ class FopproxyCollector(Collector):
             not_before.add_metric(values, cert.not_before)
         yield not_after
         yield not_before
-        yield _counter_by(
+        yield counter_by(
             "fopproxy_certificate_reloads", "Certificate reload attempts by result",
             "result", snap.reloads, RELOAD_RESULTS,
         )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fopproxy.http.stats import HttpSnapshot
 from fopproxy.outbound.collector import OutboundSnapshot, combine, take_snapshots
-from fopproxy.stats import CONNECT_BUCKETS, HANDSHAKE_BUCKETS, Histogram, Stats
+from fopproxy.stats import CONNECT_BUCKETS, HANDSHAKE_BUCKETS, Histogram, Stats, add_counts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -56,12 +56,6 @@ class HistogramData:
         )
 
 
-def _add_counts(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
-    total = dict(a)
-    for key, value in b.items():
-        total[key] = total.get(key, 0) + value
-    return total
-
 
 @dataclass(frozen=True)
 class MetricsSnapshot:
@@ -96,22 +90,22 @@ class MetricsSnapshot:
         """Self plus the monotonic parts of `other` (what a dead worker leaves behind)."""
         return replace(
             self,
-            handshakes=_add_counts(self.handshakes, other.handshakes),
-            handshake_errors=_add_counts(self.handshake_errors, other.handshake_errors),
-            client_auth_failures=_add_counts(
+            handshakes=add_counts(self.handshakes, other.handshakes),
+            handshake_errors=add_counts(self.handshake_errors, other.handshake_errors),
+            client_auth_failures=add_counts(
                 self.client_auth_failures, other.client_auth_failures
             ),
             handshake_duration=self.handshake_duration + other.handshake_duration,
-            connections_rejected=_add_counts(self.connections_rejected, other.connections_rejected),
+            connections_rejected=add_counts(self.connections_rejected, other.connections_rejected),
             bytes_to_backend=self.bytes_to_backend + other.bytes_to_backend,
             bytes_to_client=self.bytes_to_client + other.bytes_to_client,
-            backend_connect_errors=_add_counts(
+            backend_connect_errors=add_counts(
                 self.backend_connect_errors, other.backend_connect_errors
             ),
             backend_connect_duration=self.backend_connect_duration + other.backend_connect_duration,
-            reloads=_add_counts(self.reloads, other.reloads),
+            reloads=add_counts(self.reloads, other.reloads),
             last_reload_success=max(self.last_reload_success, other.last_reload_success),
-            resumptions=_add_counts(self.resumptions, other.resumptions),
+            resumptions=add_counts(self.resumptions, other.resumptions),
             ticket_key_rotations=max(self.ticket_key_rotations, other.ticket_key_rotations),
             ticket_key_reload_failures=max(
                 self.ticket_key_reload_failures, other.ticket_key_reload_failures

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from fopproxy.outbound.reasons import HANDSHAKE_ERROR_REASONS
 from fopproxy.outbound.stats import DIRECTIONS
+from fopproxy.stats import add_counts
 
 if TYPE_CHECKING:
     from fopproxy.outbound.service import OutboundService
@@ -48,8 +49,8 @@ class OutboundSnapshot:
         """Two workers' counts of the same outbound: counters and open connections add up."""
         return OutboundSnapshot(
             name=self.name,
-            handshakes=_add(self.handshakes, other.handshakes),
-            handshake_errors=_add(self.handshake_errors, other.handshake_errors),
+            handshakes=add_counts(self.handshakes, other.handshakes),
+            handshake_errors=add_counts(self.handshake_errors, other.handshake_errors),
             resumed=self.resumed + other.resumed,
             active=self.active + other.active,
             bytes_to_server=self.bytes_to_server + other.bytes_to_server,
@@ -91,12 +92,6 @@ class OutboundSnapshot:
             ),
         )
 
-
-def _add(a: Mapping[Any, int], b: Mapping[Any, int]) -> dict[Any, int]:
-    total = dict(a)
-    for key, value in b.items():
-        total[key] = total.get(key, 0) + value
-    return total
 
 
 def combine(parts: Iterable[Iterable[OutboundSnapshot]]) -> tuple[OutboundSnapshot, ...]:
