@@ -5,10 +5,9 @@ Every label is exported at 0 from the start (alerts see a series before the firs
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import socket
 import ssl
+
+from fopproxy.relay import classify_connect_error as classify_backend_connect_error
 
 HANDSHAKE_ERROR_REASONS = (
     "hostname_mismatch",  # the certificate does not name server_name
@@ -95,16 +94,16 @@ def classify_handshake_error(
     return _REASONS.get(reason, "other")
 
 
+# The inbound backend dial's classification (relay.py), in outbound's public reason names.
+_CONNECT_REASONS = {
+    "dns": "dns",
+    "timeout": "connect_timeout",
+    "refused": "connect_refused",
+    "unreachable": "connect_unreachable",
+    "reset": "peer_closed",
+    "other": "other",
+}
+
+
 def classify_connect_error(exc: BaseException) -> str:
-    if isinstance(exc, socket.gaierror):
-        return "dns"
-    if isinstance(exc, TimeoutError | asyncio.CancelledError):
-        return "connect_timeout"
-    if isinstance(exc, OSError):
-        if exc.errno == errno.ECONNREFUSED:
-            return "connect_refused"
-        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
-            return "connect_unreachable"
-        if exc.errno == errno.ECONNRESET:
-            return "peer_closed"
-    return "other"
+    return _CONNECT_REASONS[classify_backend_connect_error(exc)]
