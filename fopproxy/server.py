@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from fopproxy.config import Config
 from fopproxy.http.stats import HttpStats
+from fopproxy.listen import bind_tcp
 from fopproxy.relay import Relay
 from fopproxy.reload import CertificateStore, watch
 from fopproxy.resources import (
@@ -36,26 +37,8 @@ EXIT_FORCED = 1
 
 def bind_listener(config: Config, *, reuse_port: bool) -> socket.socket:
     """Bind the TLS port ourselves so SO_REUSEPORT and IPv6-only are explicit, not defaults."""
-    address = config.listen
-    assert address is not None  # only called where the inbound listener is configured
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, socktype, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, socktype, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and address.host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # [::] serves v4 too
-        sock.bind(sockaddr)
-        sock.listen(config.backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    assert config.listen is not None  # only called where the inbound listener is configured
+    return bind_tcp(config.listen, reuse_port=reuse_port, backlog=config.backlog)
 
 
 class Worker:

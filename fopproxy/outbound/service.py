@@ -13,6 +13,7 @@ import socket
 from collections.abc import Sequence
 
 from fopproxy.config import OutboundConfig
+from fopproxy.listen import bind_tcp
 from fopproxy.outbound.material import OutboundStore
 from fopproxy.outbound.pump import OutboundCloseReason, OutboundListener
 from fopproxy.outbound.stats import OutboundStats
@@ -24,23 +25,11 @@ log = logging.getLogger("fopproxy.outbound")
 
 def bind_outbound(entry: OutboundConfig, *, reuse_port: bool, backlog: int) -> socket.socket:
     """Bind the plain listener ourselves, as the inbound one is (SO_REUSEPORT for workers)."""
-    infos = socket.getaddrinfo(
-        entry.listen.host, entry.listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
+        return bind_tcp(entry.listen, reuse_port=reuse_port, backlog=backlog)
     except OSError as exc:
-        sock.close()
         # The CLI names `filename` as what could not be bound.
         raise OSError(exc.errno, exc.strerror, f"{entry.key}.listen {entry.listen}") from exc
-    return sock
 
 
 class OutboundService:
