@@ -34,10 +34,11 @@ from fopproxy.errors import (
     CertificateError,
     CertificateParseError,
     CertificateReadError,
+    ComplianceError,
 )
 from fopproxy.policy import KeyType, SuiteSelection
 from fopproxy.sources import CertificateSource, read_pem_file
-from fopproxy.tls import build_context
+from fopproxy.tls import TicketContexts, build_context
 
 if TYPE_CHECKING:
     from fopproxy.tickets import KeyRing
@@ -336,8 +337,35 @@ class CertificateSet:
         self._contexts[default_group] = self._make_context(default_group, with_sni=True)
         self.context: ssl.SSLContext = self._contexts[default_group]
         self._default_group = default_group
+        # With tickets, connections start on a twin of the default context that keeps the
+        # current ticket key inside libssl (tls.TicketContexts); `context` opens older keys.
+        self._tickets: TicketContexts | None = None
+        if tickets is not None and not needs_sni:
+            try:
+                fast = self._make_context(default_group, with_sni=True, ticket_key_in_libssl=True)
+            except ComplianceError:
+                fast = None  # libssl would not take the key: every ticket through the callback
+            if fast is not None:
+                members = [self.certificates[i] for i in default_group]
+                self._tickets = TicketContexts(
+                    fast, self.context, tickets, _session_context(members, self.client_trust)
+                )
 
-    def _make_context(self, group: tuple[int, ...], *, with_sni: bool) -> ssl.SSLContext:
+    def start(self) -> tuple[ssl.SSLContext, tuple[bytes, ...]]:
+        """The context a new connection starts on, and the ticket key names that, found in the
+        client's first bytes, send it to `context` instead (tls.TicketContexts)."""
+        if self._tickets is None:
+            return self.context, ()
+        return self._tickets.start()
+
+    def sync_tickets(self) -> None:
+        """Bring the key libssl holds up to the ring's (on every reload check)."""
+        if self._tickets is not None:
+            self._tickets.sync()
+
+    def _make_context(
+        self, group: tuple[int, ...], *, with_sni: bool, ticket_key_in_libssl: bool = False
+    ) -> ssl.SSLContext:
         members = [self.certificates[i] for i in group]
         blobs = [blob for c in members for blob in (c.cert_pem, c.key_pem)]
         with memory_files(*blobs) as paths:
@@ -352,6 +380,7 @@ class CertificateSet:
                     session_context=_session_context(members, self.client_trust),
                     resumption=not (with_sni and self._needs_sni),
                     tickets=self.tickets,
+                    ticket_key_in_libssl=ticket_key_in_libssl,
                     client_trust=self.client_trust,
                 )
             except ssl.SSLError as exc:

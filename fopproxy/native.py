@@ -429,6 +429,41 @@ def install_ticket_keys(ctx: ssl.SSLContext, ring: KeyRing, scope: bytes = b"") 
     ctx.__dict__["_fopproxy_ticket_callback"] = callback
 
 
+_SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
+_SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+_TICKET_KEY_BYTES = 80  # name (16) | HMAC-SHA256 key (32) | AES-256-CBC key (32)
+
+
+def set_ticket_key(ctx: ssl.SSLContext, key: bytes) -> None:
+    """SSL_CTX_set_tlsext_ticket_keys: libssl itself encrypts and opens tickets with this one
+    key (name | HMAC key | AES key, the layout of tickets.TicketKey), with no callback. A context
+    with `install_ticket_keys` uses the callback instead. ComplianceError where refused."""
+    if len(key) != _TICKET_KEY_BYTES:
+        raise ValueError(f"a ticket key is {_TICKET_KEY_BYTES} bytes")
+    lib = _require_openssl("session tickets cannot be shared")
+    pointer = _ssl_ctx_pointer(ctx, lib)
+    buffer = ctypes.create_string_buffer(key, _TICKET_KEY_BYTES)
+    try:
+        if lib.ctrl(pointer, _SSL_CTRL_SET_TLSEXT_TICKET_KEYS, _TICKET_KEY_BYTES, buffer) != 1:
+            raise ComplianceError("OpenSSL refused the session ticket key")
+    finally:
+        ctypes.memset(buffer, 0, _TICKET_KEY_BYTES)
+
+
+def ticket_key_name(ctx: ssl.SSLContext) -> bytes:
+    """The name of the key libssl holds for `ctx` (set_ticket_key); the key bytes read with it
+    are wiped at once."""
+    lib = _require_openssl("session tickets cannot be shared")
+    pointer = _ssl_ctx_pointer(ctx, lib)
+    buffer = ctypes.create_string_buffer(_TICKET_KEY_BYTES)
+    try:
+        if lib.ctrl(pointer, _SSL_CTRL_GET_TLSEXT_TICKET_KEYS, _TICKET_KEY_BYTES, buffer) != 1:
+            raise ComplianceError("OpenSSL did not tell its session ticket key")
+        return buffer.raw[:16]
+    finally:
+        ctypes.memset(buffer, 0, _TICKET_KEY_BYTES)
+
+
 def session_max_early_data(session: ssl.SSLSession) -> int | None:
     """SSL_SESSION_get_max_early_data of a client-side session; None where it cannot be read.
 
@@ -681,4 +716,15 @@ def status() -> dict[str, str]:
         "relay fast path (_sslobj)": "active" if fast_sslobj_active() else "off (SSLObject)",
         "heap trim (malloc_trim)": "active" if malloc_trim() is not None else "off (no glibc)",
         "peer chain": unverified_chain_active(),
+        "ticket key in libssl (resumption without Python)": _ticket_key_in_libssl(),
     }
+
+
+def _ticket_key_in_libssl() -> str:
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        set_ticket_key(probe, bytes(range(_TICKET_KEY_BYTES)))
+        active = ticket_key_name(probe) == bytes(range(16))
+    except ComplianceError:
+        active = False
+    return "active" if active else "off (every ticket through the callback)"

@@ -21,7 +21,8 @@ class CloseReason(StrEnum):
 
     def text(self, detail: str | None = None) -> str:
         """The logged form: `handshake_error:timeout`, or the bare value."""
-        return f"{self.value}:{detail}" if detail is not None else self.value
+        # `_value_`, not `value`: the enum property is two Python calls, once per connection.
+        return f"{self._value_}:{detail}" if detail is not None else self._value_
 
 
 # Reasons always logged with a detail (a bounded label, or OpenSSL's reason in lower case).

@@ -189,7 +189,8 @@ class Relay:
         self.active: set[ClientConnection] = set()
         self.accepting = True
         self.idle_waiters: list[asyncio.Future[None]] = []
-        self.buffer = memoryview(bytearray(READ_BUFFER_SIZE))
+        self.read_area = bytearray(READ_BUFFER_SIZE)
+        self.buffer = memoryview(self.read_area)
         # Before the relay is open, reads are at most one slice: what arrives while the backend
         # is dialled waits in the incoming BIO, which must stay small.
         self.small_buffer = self.buffer[:SMALL_SLICE]
@@ -265,28 +266,26 @@ class Relay:
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
-    __slots__ = ("buffer_updated", "conn", "get_buffer")
+    __slots__ = (
+        "buffer_updated", "conn", "connection_lost", "connection_made", "eof_received",
+        "get_buffer",
+    )
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        # Every backend read goes straight to the connection: one Python frame less per read.
+        # Every event goes straight to the connection's method: one Python frame less each
+        # (reads above all; the other three once per connection).
         self.buffer_updated = conn.from_backend  # type: ignore[method-assign]
         self.get_buffer = conn.backend_read_buffer  # type: ignore[method-assign]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn.backend_made(transport)  # type: ignore[arg-type]
-
-    def eof_received(self) -> bool:
-        return self.conn.backend_eof()
+        self.connection_made = conn.backend_made  # type: ignore[method-assign,assignment]
+        self.eof_received = conn.backend_eof  # type: ignore[method-assign]
+        self.connection_lost = conn.backend_lost  # type: ignore[method-assign]
 
     def pause_writing(self) -> None:
         self.conn.backend_full(True)
 
     def resume_writing(self) -> None:
         self.conn.backend_full(False)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.backend_lost(exc)
 
 
 class ClientConnection(asyncio.BufferedProtocol):
@@ -303,6 +302,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_last",
         "_lean",
         "_moved",
+        "_older",
         "_peer",
         "_preamble",
         "_reason",
@@ -344,6 +344,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._peer: Any = None
         self.client_cert: ClientIdentity | None = None
         self._preamble = b""
+        self._older: tuple[bytes, ...] = ()
 
     # ---- client transport events ---------------------------------------------------------
 
@@ -363,7 +364,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.connections_active = len(relay.active)
         if relay.log_connections:
             self._peer = transport.get_extra_info("peername")
-        self.pipe = TLSPipe(relay.certificates().context, server_side=True)
+        context, self._older = relay.certificates().start()
+        self.pipe = TLSPipe(context, server_side=True)
         # Durations use a real clock: uvloop's loop.time() is cached per loop pass in whole
         # milliseconds, too coarse for handshake and dial histograms. Deadlines stay on it.
         self._started = perf_counter()
@@ -398,7 +400,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         # The kernel's free send space, counted only as far as it has been seen to hold: half
         # of SO_SNDBUF (the kernel counts its bookkeeping in it), or the most it has held
         # queued at once, less what it holds now.
-        sndbuf, queued = _kernel_queue(self._client_sock)
+        sock = self._client_sock
+        if sock is None:  # asked for once, by a connection that streams
+            sock = self._client_sock = transport.get_extra_info("socket")
+        sndbuf, queued = _kernel_queue(sock)
         self._kernel_peak = max(self._kernel_peak, queued)
         free = max(sndbuf >> 1, self._kernel_peak) - queued
         room = (WRITE_HIGH + max(0, free)) // ROOM_STEP
@@ -423,6 +428,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             self._decrypted(data)
             return
+        if self._older:  # a client's first bytes, while older ticket keys are in force
+            pipe = self._route(nbytes)
         write = pipe.incoming.write
         if nbytes <= step:
             write(self.relay.buffer[:nbytes])
@@ -438,6 +445,17 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             write(view[offset : offset + step])
             self._advance()
+
+    def _route(self, nbytes: int) -> TLSPipe:
+        """Start on the context that opens every ticket key if the ClientHello names an older
+        one (tls.TicketContexts); the usual client stays on the one that needs no Python."""
+        older, self._older = self._older, ()
+        area = self.relay.read_area
+        for name in older:
+            if area.find(name, 0, nbytes) >= 0:
+                self.pipe = TLSPipe(self.relay.certificates().context, server_side=True)
+                break
+        return self.pipe
 
     def _advance(self) -> None:
         state = self.state
@@ -479,7 +497,10 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _handshake(self) -> None:
         pipe = self.pipe
         try:
-            finished = pipe.handshake()
+            pipe.tls.do_handshake()  # tlspipe.handshake, inlined: twice per connection
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
         except ssl.SSLError as exc:
             self._flush()  # the alert OpenSSL produced goes out before the close
             # The guard is read (and cleared) on every failure; only a failed name callback
@@ -496,15 +517,15 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._handshake_failed("invalid_sni" if bad_name else classify_handshake_error(exc))
             return
         self._flush()
-        if not finished:
-            return
         relay = self.relay
         stats = relay.stats
-        self.version = pipe.version()
-        self.cipher = pipe.cipher()
-        stats.handshakes[(self.version, self.cipher)] += 1
-        if pipe.resumed():
-            stats.resumptions[self.version] += 1
+        tls = pipe.tls  # the C object's methods: once per connection, no pipe frames
+        self.version = version = tls.version() or "-"
+        cipher = tls.cipher()
+        self.cipher = cipher = cipher[0] if cipher else "-"
+        stats.handshakes[(version, cipher)] += 1
+        if tls.session_reused:
+            stats.resumptions[version] += 1
         stats.handshake_duration.observe(perf_counter() - self._started)
         if relay.client_auth:
             # Verified by OpenSSL against the CA and by the allow-list, or absent (optional).
@@ -589,7 +610,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
         if self._transport is not None:
             self._transport.set_write_buffer_limits(high=WRITE_HIGH, low=0)
-            self._client_sock = self._transport.get_extra_info("socket")
         self.state = OPEN
         if self._preamble:
             # The PROXY header precedes every relayed byte: written before the first decrypt.

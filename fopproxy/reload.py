@@ -259,6 +259,7 @@ class CertificateStore(ContentStore[Snapshot, CertificateSet]):
 
     def before_check(self) -> None:
         self.reload_ticket_keys()
+        self.current.sync_tickets()
 
     def reload_ticket_keys(self) -> None:
         """Re-read a session-ticket key file (tls.session_tickets.key_file) if it changed.

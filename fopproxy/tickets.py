@@ -148,6 +148,10 @@ class KeyRing:
         self._keys = keys
         self._by_name = {key.name: key for key in keys}
         self.rotations = 0
+        # Bumped on every change of the keys in force: whoever copied them (tls.TicketContexts
+        # puts the encrypting key into libssl) compares it to know when to copy again.
+        self.generation = 0
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     def keys(self) -> tuple[TicketKey, ...]:
@@ -172,9 +176,14 @@ class KeyRing:
         self._keys = keys
         self._by_name = {key.name: key for key in keys}
         self.rotations += 1
+        self.generation += 1
 
     def refresh(self) -> None:
         """Hook for time-driven rings; a file-driven ring changes only through `replace`."""
+
+    def changes_at(self) -> float:
+        """When (on `clock`) the keys change on their own next: never, for a fixed ring."""
+        return math.inf
 
 
 class ScopedKeys:
@@ -200,6 +209,10 @@ class ScopedKeys:
 
     def encrypting(self) -> TicketKey:
         return self._scoped(self.ring.encrypting())
+
+    def all(self) -> tuple[TicketKey, ...]:
+        """Every key in force in this scope, the encrypting one first."""
+        return tuple(self._scoped(key) for key in self.ring.keys)
 
     def find(self, name: bytes) -> tuple[TicketKey, bool] | None:
         """(key, is it the encrypting one) for a ticket's key name in this scope."""
@@ -234,15 +247,14 @@ class Ratchet(KeyRing):
         if period <= 0:
             raise ValueError("the rotation period must be positive")
         self.period = period
-        self._clock = clock
         self._origin = clock()
         self._index = 0
         self._secret = seed if seed is not None else os.urandom(32)
         super().__init__((_ticket_key(self._secret),))
-        self.rotations = 0
+        self.clock = clock
 
     def refresh(self) -> None:
-        index = math.floor((self._clock() - self._origin) / self.period)
+        index = math.floor((self.clock() - self._origin) / self.period)
         if index <= self._index:
             return
         # Step forward to `index`; only the secret of the period before it is kept as a key.
@@ -253,9 +265,13 @@ class Ratchet(KeyRing):
         # The previous key is accepted only if it belongs to the period right before this one.
         keys = (current, _ticket_key(previous_secret))
         self.rotations += index - self._index
+        self.generation += 1
         self._index = index
         self._keys = keys
         self._by_name = {key.name: key for key in keys}
+
+    def changes_at(self) -> float:
+        return self._origin + (self._index + 1) * self.period
 
 
 class FileKeyRing(KeyRing):

@@ -7,18 +7,16 @@ OpenSSL that ignores a setting, a CPython whose layout we misread) fails closed 
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from fopproxy import native
 from fopproxy.clientauth import ClientTrust
 from fopproxy.errors import ComplianceError
 from fopproxy.peerverify import apply_client_trust
 from fopproxy.policy import SuiteSelection
-
-if TYPE_CHECKING:
-    from fopproxy.tickets import KeyRing
+from fopproxy.tickets import KeyRing, ScopedKeys
 
 # Options that must be on for every context we serve from (OP_NO_TICKET too, unless tickets
 # are encrypted with the shared keys of tickets.py).
@@ -138,6 +136,7 @@ def build_context(
     session_context: bytes | None = None,
     resumption: bool = True,
     tickets: KeyRing | None = None,
+    ticket_key_in_libssl: bool = False,
     client_trust: ClientTrust | None = None,
 ) -> ssl.SSLContext:
     """A server context for `selection` serving every (cert path, key path, password) in `chains`.
@@ -148,7 +147,9 @@ def build_context(
     (Python's set_ecdh_curve takes one curve, and no group list at all).
     Resumption: with `tickets` (tickets.py: keys every worker and, with a key file, every pod
     shares) TLS 1.2 tickets and TLS 1.3 PSK tickets are issued and opened with those keys, never
-    OpenSSL's per-process random key; without, tickets are off. The per-process session-ID
+    OpenSSL's per-process random key; without, tickets are off. `ticket_key_in_libssl` gives
+    libssl the ring's encrypting key alone instead of the callback that knows every key
+    (TicketContexts keeps it current). The per-process session-ID
     cache stays either way. `session_context` names the certificates served, so a session is
     only resumed by a context serving the same ones; `resumption=False` turns resumption off
     altogether (see CertificateSet). Early data stays at OpenSSL's 0: never accepted.
@@ -163,7 +164,11 @@ def build_context(
     if tickets is not None and resumption:
         ctx.options &= ~ssl.OP_NO_TICKET
         ctx.num_tickets = TLS13_TICKETS
-        native.install_ticket_keys(ctx, tickets, session_context or b"")
+        if ticket_key_in_libssl:
+            scoped = ScopedKeys(tickets, session_context or b"")
+            native.set_ticket_key(ctx, scoped.encrypting().to_bytes())
+        else:
+            native.install_ticket_keys(ctx, tickets, session_context or b"")
     else:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
@@ -185,3 +190,51 @@ def build_context(
         apply_client_trust(ctx, client_trust)
     verify_context(ctx, selection, tickets=with_tickets, client_trust=client_trust)
     return ctx
+
+
+class TicketContexts:
+    """The two contexts of one certificate set with tickets on, and which a connection starts on.
+
+    `keyed` opens tickets of every key in the ring through the callback (native.
+    install_ticket_keys: a call into Python for every ticket). `fast` holds only the encrypting
+    key, inside libssl (SSL_CTX_set_tlsext_ticket_keys): a returning client under the current
+    key, nearly every one, resumes without Python (≈35k instructions less per resumption,
+    docs/PERFORMANCE.md). A ClientHello that carries the name of an older key in force (a TLS
+    1.2 ticket and a TLS 1.3 PSK identity both start with it) starts on `keyed` instead: those
+    names are `older`, and the caller looks for them in the client's first bytes. A ClientHello
+    split over two reads may hide the name: that client gets a full handshake, no error.
+    """
+
+    __slots__ = ("_clock", "_due", "_generation", "_keys", "_ring", "fast", "keyed", "older")
+
+    def __init__(
+        self, fast: ssl.SSLContext, keyed: ssl.SSLContext, ring: KeyRing, scope: bytes
+    ) -> None:
+        self.fast = fast
+        self.keyed = keyed
+        self._ring = ring
+        self._keys = ScopedKeys(ring, scope)
+        self._clock = ring.clock
+        self._generation = -1
+        self._due = -math.inf
+        self.older: tuple[bytes, ...] = ()
+        self.sync()
+
+    def start(self) -> tuple[ssl.SSLContext, tuple[bytes, ...]]:
+        """The context a new connection starts on, and the key names that send it to `keyed`."""
+        if self._ring.generation != self._generation or self._clock() >= self._due:
+            self.sync()
+        return self.fast, self.older
+
+    def sync(self) -> None:
+        """Copy the ring's keys in force: the encrypting one into libssl, the names of the
+        others into `older`. Also called on every reload check, so that a rotated-out key does
+        not stay in libssl's memory while no client connects."""
+        ring = self._ring
+        keys = self._keys.all()  # steps a time-driven ring first
+        self._due = ring.changes_at()
+        if ring.generation == self._generation:
+            return
+        native.set_ticket_key(self.fast, keys[0].to_bytes())
+        self.older = tuple(key.name for key in keys[1:])
+        self._generation = ring.generation

@@ -89,10 +89,12 @@ def test_status_names_every_native_access() -> None:
     assert set(status) == {
         "libssl (TLS 1.3 suites, groups, session cache)", "memory BIO release",
         "relay fast path (_sslobj)", "heap trim (malloc_trim)", "peer chain",
+        "ticket key in libssl (resumption without Python)",
     }
     assert status["libssl (TLS 1.3 suites, groups, session cache)"] == "active"
     assert status["memory BIO release"] == "active"
     assert status["heap trim (malloc_trim)"] == "active"
+    assert status["ticket key in libssl (resumption without Python)"] == "active"
 
 
 def test_check_shows_the_pinned_groups_and_native_status_even_under_a_widening_openssl_conf(tls_files: TLSFiles, tmp_path: Path) -> None:

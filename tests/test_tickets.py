@@ -15,12 +15,13 @@ from fopproxy.tickets import (
     KEY_BYTES,
     KeyRing,
     Ratchet,
+    ScopedKeys,
     TicketKey,
     TicketKeyError,
     parse_key_file,
     write_key_file,
 )
-from fopproxy.tls import build_context
+from fopproxy.tls import TicketContexts, build_context
 from tests.conftest import SERVER_NAME, TLSFiles
 from tests.support.memtls import MemoryTLS, handshake_in_memory
 from tests.support.proxy import client_context
@@ -250,3 +251,81 @@ def test_scoped_keys_differ_per_scope_and_never_show_key_bytes() -> None:
     a, b = key.scoped(b"A"), key.scoped(b"B")
     assert len({key.name, a.name, b.name}) == 3
     assert len({key.aes_key, a.aes_key, b.aes_key}) == 3
+
+
+def _client_hello(client: ssl.SSLContext, session: ssl.SSLSession) -> bytes:
+    """The first flight of a client offering `session`: what the relay sees before OpenSSL."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    cli = client.wrap_bio(incoming, outgoing, server_hostname=SERVER_NAME, session=session)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        cli.do_handshake()
+    return outgoing.read()
+
+
+def _pair(tls_files: TLSFiles, profile: str, ring: KeyRing, scope: bytes = b"S" * 32) -> TicketContexts:
+    selection = select_suites(PROFILES[profile], ())
+    chain = [(str(tls_files.ecdsa.cert), str(tls_files.ecdsa.key), None)]
+    fast = build_context(selection, chain, session_context=scope, tickets=ring, ticket_key_in_libssl=True)
+    keyed = build_context(selection, chain, session_context=scope, tickets=ring)
+    return TicketContexts(fast, keyed, ring, scope)
+
+
+@pytest.mark.parametrize(("profile", "version"), [("card-fop", ssl.TLSVersion.TLSv1_2), ("card-fop-tls13", ssl.TLSVersion.TLSv1_3)])
+def test_key_in_libssl_and_callback_open_each_others_tickets(tls_files: TLSFiles, profile: str, version: ssl.TLSVersion) -> None:
+    """The context holding the current key in libssl and the callback context are one key
+    schedule: a ticket from either resumes on the other, in TLS 1.2 and 1.3."""
+    from fopproxy import native
+
+    ring = Ratchet(600, seed=b"f" * 32, clock=FakeClock())
+    pair = _pair(tls_files, profile, ring)
+    assert native.ticket_key_name(pair.fast) == ScopedKeys(ring, b"S" * 32).encrypting().name
+    assert pair.start() == (pair.fast, ())  # one key in force: every client starts on `fast`
+    client = client_context(tls_files.cafile)
+    client.maximum_version = version
+    from_fast = _session(handshake_in_memory(pair.fast, client))
+    assert _resume(pair.keyed, client, from_fast)
+    from_keyed = _session(handshake_in_memory(pair.keyed, client))
+    assert _resume(pair.fast, client, from_keyed)
+    assert _resume(pair.fast, client, from_fast)
+
+
+@pytest.mark.parametrize(("profile", "version"), [("card-fop", ssl.TLSVersion.TLSv1_2), ("card-fop-tls13", ssl.TLSVersion.TLSv1_3)])
+def test_rotation_moves_the_libssl_key_and_routes_previous_tickets(tls_files: TLSFiles, profile: str, version: ssl.TLSVersion) -> None:
+    """After a rotation libssl holds the new key; a previous-period ticket names the previous
+    key in the ClientHello (found there, it starts on `keyed`, which resumes it; `fast` would
+    not); two rotations later the name is no longer looked for and the ticket falls back."""
+    from fopproxy import native
+
+    clock = FakeClock()
+    ring = Ratchet(600, seed=b"r" * 32, clock=clock)
+    pair = _pair(tls_files, profile, ring)
+    client = client_context(tls_files.cafile)
+    client.maximum_version = version
+    session = _session(handshake_in_memory(pair.fast, client))
+    first = ScopedKeys(ring, b"S" * 32).encrypting().name
+    clock.now += 600
+    context, older = pair.start()
+    assert context is pair.fast
+    assert older == (first,)
+    assert native.ticket_key_name(pair.fast) != first
+    assert native.ticket_key_name(pair.fast) == ScopedKeys(ring, b"S" * 32).encrypting().name
+    assert first in _client_hello(client, session)
+    assert not _resume(pair.fast, client, session)
+    assert _resume(pair.keyed, client, session)
+    clock.now += 1200
+    assert pair.start()[1] == (ScopedKeys(ring, b"S" * 32).all()[1].name,)
+    assert first not in pair.start()[1]
+    assert not _resume(pair.keyed, client, session)
+
+
+def test_key_file_change_reaches_libssl_at_the_next_connection(tls_files: TLSFiles) -> None:
+    """A file-driven ring (no clock): a replaced key list is copied at the next start()."""
+    from fopproxy import native
+
+    k1, k2 = parse_key_file(os.urandom(80)), parse_key_file(os.urandom(80))
+    ring = KeyRing(k1)
+    pair = _pair(tls_files, "card-fop", ring, scope=b"")
+    assert native.ticket_key_name(pair.fast) == k1[0].name
+    ring.replace(k2 + k1)
+    assert pair.start() == (pair.fast, (k1[0].name,))
+    assert native.ticket_key_name(pair.fast) == k2[0].name
