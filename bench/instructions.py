@@ -4,13 +4,15 @@
 Wall-clock and even per-CPU-second figures wobble when the machine is shared; instruction counts
 of a fixed workload do not. Each source tree given (`NAME=DIR`, default: this checkout) runs
 fopproxy under `valgrind --tool=callgrind` with collection switched on only while the load runs,
-so start-up is not counted. Workloads: hs (N full ECDSA handshakes, GET /ok, close), ka (wrk
+so start-up is not counted. Workloads: hs (N full ECDSA handshakes, GET /ok, close), res (the
+same, each client offering the ticket it last got: resumed handshakes), ka (wrk
 keep-alive for a few seconds; instructions per request), bulk (1 MiB answers; per MB).
 
     python3 bench/instructions.py --workloads hs,ka base=/tmp/old-checkout new=. nginx=nginx
     python3 bench/instructions.py --workloads ka tcp=. http=http:. nginx-http=nginx-http
 
-A DIR of `http:DIR` runs that tree in `mode: http`; `nginx-http` is nginx's http proxy with
+A DIR of `http:DIR` runs that tree in `mode: http`, `minimal:DIR` that tree's
+bench/minimal_relay.py (the floor of a Python relay); `nginx-http` is nginx's http proxy with
 upstream keep-alive (bench/conf/nginx-http.conf), the baseline for it. Without bench/.work/hsload
 the warm-up is a short wrk run (ka and bulk need no Go).
 
@@ -53,7 +55,13 @@ def callgrind_total(path: Path) -> int:
 
 
 def measure(
-    name: str, source: Path, workload: str, a: argparse.Namespace, rd: Path, http: bool = False
+    name: str,
+    source: Path,
+    workload: str,
+    a: argparse.Namespace,
+    rd: Path,
+    http: bool = False,
+    minimal: bool = False,
 ) -> float:
     port = d.free_port()
     a.backend_port = a.backend_port_
@@ -75,13 +83,15 @@ def measure(
                 "WORKERS": 1,
                 "NGX_PROXY_BUF": "16k",
                 "PROTOCOLS": "TLSv1.2",
+                "SESSION_CACHE": "shared:SSL:10m",
             },
         )
         argv += ["nginx", "-p", str(rd), "-c", str(conf), "-g", "daemon off; master_process off;"]
     else:
         conf = rd / f"{name}-{workload}.yaml"
         conf.write_text(d.fopproxy_config(port, "ecdsa", a) + ("mode: http\n" if http else ""))
-        argv += [a.python, "-m", "fopproxy", "-c", str(conf)]
+        program = [str(HERE / "minimal_relay.py")] if minimal else ["-m", "fopproxy"]
+        argv += [a.python, *program, "-c", str(conf)]
     env = None if nginx else dict(os.environ, PYTHONPATH=str(source))
     proc = d.Proc(f"{name}-{workload}", argv, "", rd, env)
     try:
@@ -97,7 +107,7 @@ def measure(
             capture_output=True,
             timeout=60,
         )
-        if workload == "hs":
+        if workload in ("hs", "res"):
             argv = [
                 a.hsload,
                 "-a",
@@ -108,6 +118,7 @@ def measure(
                 str(a.count),
                 "-d",
                 "600s",
+                *(["-resume"] if workload == "res" else []),
             ]
             text = subprocess.run(
                 argv, check=False, capture_output=True, text=True, timeout=900
@@ -178,16 +189,17 @@ def main() -> int:
         "",
         rd,
     )
-    unit = {"hs": "connection", "ka": "request", "bulk": "MB"}
+    unit = {"hs": "connection", "res": "connection", "ka": "request", "bulk": "MB"}
     try:
         d.wait_port(a.backend_port_)
         for workload in a.workloads.split(","):
             for tree in a.trees:
                 name, _, src = tree.partition("=")
                 http = src.startswith("http:")
-                src = src.removeprefix("http:")
+                minimal = src.startswith("minimal:")
+                src = src.removeprefix("http:").removeprefix("minimal:")
                 source = Path(src) if src in ("nginx", "nginx-http") else Path(src).resolve()
-                ir = measure(name, source, workload, a, rd, http)
+                ir = measure(name, source, workload, a, rd, http, minimal)
                 print(
                     f"{workload:5} {name:12} {ir / 1000:10.1f} k instructions per {unit[workload]}",
                     flush=True,

@@ -113,6 +113,9 @@ class MinimalRelay:
         config = load_config(config_path)
         chains = [(str(c.cert), str(c.key), None) for c in config.tls.certificates]
         self.context = build_context(config.tls.selection, chains)
+        # Tickets under OpenSSL's own per-process key: returning clients (res-*, which offer
+        # tickets only) resume all in C, the least a resumption can cost.
+        self.context.options &= ~ssl.OP_NO_TICKET
         self.listen = config.listen
         if not isinstance(config.backend, TcpAddress):
             raise SystemExit("minimal_relay: TCP backends only")
