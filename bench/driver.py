@@ -14,8 +14,8 @@ Workloads:
   hs-ecdsa, hs-rsa  full TLS 1.2 handshakes (bench/hsload, never resumes), GET /ok, close
   res-ecdsa, res-rsa returning clients: as hs-*, but each load connection offers its last
                     session (bench/hsload -resume); the resumed fraction is reported per side
-  resw              returning clients, wrk's way: 32 connections, `Connection: close` on every
-                    request, ECDSA (wrk offers its last session on each reconnect)
+  resw, resw-rsa    returning clients, wrk's way: 32 connections, `Connection: close` on every
+                    request, ECDSA / RSA (wrk offers its last session on each reconnect)
   ka                wrk keep-alive, 2-byte answers, req/s and p50/p99
   bulk              wrk keep-alive, 1 MiB answers, MB/s
   mem               fresh proxies; N TLS connections each POST 64 KiB and GET 64 KiB, then stay
@@ -408,9 +408,11 @@ def run_hs(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> di
 def run_wrk(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
     conns, path = {
         "ka": (a.ka_conns, "/ok"), "bulk": (a.bulk_conns, "/1m"), "resw": (a.hs_conns, "/ok"),
+        "resw-rsa": (a.hs_conns, "/ok"),
     }[workload]
     # resw: wrk reconnecting for every request; wrk offers its last session on each reconnect.
-    close = ["-H", "Connection: close"] if workload == "resw" else []
+    close = ["-H", "Connection: close"] if workload.startswith("resw") else []
+    port = t.port_rsa if workload.endswith("rsa") else t.port_ecdsa
     argv = pinned(
         [
             "wrk",
@@ -419,7 +421,7 @@ def run_wrk(workload: str, t: Target, a: argparse.Namespace, backend: Proc) -> d
             f"-d{a.duration}s",
             "--latency",
             *close,
-            f"https://127.0.0.1:{t.port_ecdsa}{path}",
+            f"https://127.0.0.1:{port}{path}",
         ],
         a.load_cpus,
     )
@@ -502,6 +504,7 @@ def run_mem(t: Target, a: argparse.Namespace, backend: Proc) -> dict[str, Any]:
 PRIMARY = {
     "hs-ecdsa": "rps", "hs-rsa": "rps", "res-ecdsa": "rps", "res-rsa": "rps",
     "ka": "rps", "bulk": "MBps", "mem": "kib_per_conn", "resw": "rps",
+    "resw-rsa": "rps",
 }
 
 
