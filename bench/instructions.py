@@ -5,7 +5,8 @@ Wall-clock and even per-CPU-second figures wobble when the machine is shared; in
 of a fixed workload do not. Each source tree given (`NAME=DIR`, default: this checkout) runs
 fopproxy under `valgrind --tool=callgrind` with collection switched on only while the load runs,
 so start-up is not counted. Workloads: hs (N full ECDSA handshakes, GET /ok, close), res (the
-same, each client offering the ticket it last got: resumed handshakes), ka (wrk
+same, each client offering the ticket it last got: resumed handshakes), resw (wrk reconnecting
+for every request, offering its last session: ID and ticket), ka (wrk
 keep-alive for a few seconds; instructions per request), bulk (1 MiB answers; per MB).
 
     python3 bench/instructions.py --workloads hs,ka base=/tmp/old-checkout new=. nginx=nginx
@@ -125,20 +126,21 @@ def measure(
             ).stdout
             units = float(re.search(r'"ok":(\d+)', text).group(1))  # type: ignore[union-attr]
         else:
-            path = "/ok" if workload == "ka" else "/1m"
-            conns = "8" if workload == "ka" else "2"
+            path = "/1m" if workload == "bulk" else "/ok"
+            conns = "2" if workload == "bulk" else "8"
             argv = [
                 "wrk",
                 "-t1",
                 f"-c{conns}",
                 f"-d{a.seconds}s",
+                *(["-H", "Connection: close"] if workload == "resw" else []),
                 f"https://127.0.0.1:{port}{path}",
             ]
             text = subprocess.run(
                 argv, check=False, capture_output=True, text=True, timeout=a.seconds + 120
             ).stdout
             parsed = d.parse_wrk(text)
-            units = float(parsed["requests"]) if workload == "ka" else parsed["MBps"] * a.seconds
+            units = float(parsed["requests"]) if workload != "bulk" else parsed["MBps"] * a.seconds
         subprocess.run(
             ["callgrind_control", "-i", "off", str(proc.p.pid)],
             check=True,
@@ -189,7 +191,10 @@ def main() -> int:
         "",
         rd,
     )
-    unit = {"hs": "connection", "res": "connection", "ka": "request", "bulk": "MB"}
+    unit = {
+        "hs": "connection", "res": "connection", "resw": "connection", "ka": "request",
+        "bulk": "MB",
+    }
     try:
         d.wait_port(a.backend_port_)
         for workload in a.workloads.split(","):

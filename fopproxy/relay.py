@@ -23,7 +23,7 @@ import socket
 import ssl
 import sys
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -263,6 +263,42 @@ class Relay:
             conn.abort(close_reason)
 
 
+class Dial:
+    """The backend dial of one connection, stepped without an asyncio Task.
+
+    A Task per connection (its registration in a WeakSet, its context copy, its wake-ups) cost
+    about as much as the rest of the dial on short connections (≈6k instructions of a ≈670k
+    resumed one). The connect coroutine is stepped the way a Task steps it: sent None at once,
+    then again whenever the future it waits on is done. `cancel` cancels that future, so the
+    coroutine gets CancelledError where it waits, as under Task.cancel.
+    """
+
+    __slots__ = ("_coro", "_loop", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+        self._coro = coro
+        self._loop = loop
+        self._waiting: asyncio.Future[Any] | None = None
+        self._step()
+
+    def _step(self, _done: object = None) -> None:
+        self._waiting = None
+        try:
+            waiting = self._coro.send(None)
+        except StopIteration:
+            return
+        if waiting is None:  # a bare yield: step again on the next loop pass
+            self._loop.call_soon(self._step)
+            return
+        waiting._asyncio_future_blocking = False
+        self._waiting = waiting
+        waiting.add_done_callback(self._step)
+
+    def cancel(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+
 class BackendProtocol(asyncio.BufferedProtocol):
     """The plain side; it only forwards events to its ClientConnection."""
 
@@ -295,9 +331,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_backend_full",
         "_client_done",
         "_client_sock",
-        "_connect_task",
         "_deadline",
         "_detail",
+        "_dial",
         "_kernel_peak",
         "_last",
         "_lean",
@@ -326,7 +362,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.state = HANDSHAKE
         self.backend: asyncio.Transport | None = None
         self._transport: asyncio.Transport | None = None
-        self._connect_task: asyncio.Task[None] | None = None
+        self._dial: Dial | None = None
         self._client_done = False
         self.backend_done = False
         self._backend_full = False
@@ -535,7 +571,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._preamble = self._proxy_header()
         self.state = CONNECTING
         self._deadline = relay.time() + relay.timeouts.connect
-        self._connect_task = relay.loop.create_task(self._connect())
+        self._dial = Dial(self._connect(), relay.loop)
 
     def _proxy_header(self) -> bytes:
         """The PROXY header for this connection, built once, before the backend is dialled."""
@@ -590,7 +626,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         relay.stats.backend_connect_duration.observe(perf_counter() - started)
 
     def _connect_failed(self, reason: str, exc: BaseException) -> None:
-        self._connect_task = None
+        self._dial = None
         if self.state != CONNECTING:
             return
         self.relay.stats.backend_connect_errors[reason] += 1
@@ -602,7 +638,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.close(CloseReason.BACKEND_CONNECT, reason)
 
     def backend_made(self, transport: asyncio.Transport) -> None:
-        self._connect_task = None
+        self._dial = None
         if self.state != CONNECTING:  # the client went away while we dialled
             transport.abort()
             return
@@ -795,8 +831,8 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self._transport.abort()
         elif state == HANDSHAKE:
             self._handshake_failed("timeout")
-        elif state == CONNECTING and self._connect_task is not None:
-            self._connect_task.cancel()
+        elif state == CONNECTING and self._dial is not None:
+            self._dial.cancel()
 
     def close(
         self,
@@ -820,8 +856,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._send_close_notify()
         if reset:
             self.state = CLOSED
-            if self._connect_task is not None:
-                self._connect_task.cancel()
+            if self._dial is not None:
+                self._dial.cancel()
             if self.backend is not None:
                 self.backend.abort()
             if self._transport is not None:
@@ -857,9 +893,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         if self not in relay.active:
             return
         self.state = CLOSED
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            self._connect_task = None
+        if self._dial is not None:
+            self._dial.cancel()
+            self._dial = None
         self._release_backend(abort=abort_backend)
         stats = relay.stats
         stats.bytes_to_backend += self.to_backend
