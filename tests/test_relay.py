@@ -159,3 +159,81 @@ async def test_abort_is_one_close_for_every_reason(tls_files: TLSFiles, echo_bac
     assert client.transport.aborted and conn.close_reason == "drain_timeout"
     conn.connection_lost(None)
     assert not relay.active
+
+
+def test_dial_steps_its_coroutine_and_cancels_where_it_waits() -> None:
+    """Dial (the backend dial without a Task): it runs to the first await at once, resumes when
+    that future is done, and `cancel` raises CancelledError at the await, as Task.cancel does."""
+    from fopproxy.relay import Dial
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[object] = []
+
+        async def waits(future: asyncio.Future[int]) -> None:
+            seen.append("started")
+            try:
+                seen.append(await future)
+                await asyncio.sleep(0)  # a bare yield: stepped again on the next pass
+                seen.append("done")
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+
+        first: asyncio.Future[int] = loop.create_future()
+        Dial(waits(first), loop)
+        assert seen == ["started"]
+        first.set_result(7)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert seen == ["started", 7, "done"]
+
+        seen.clear()
+        second: asyncio.Future[int] = loop.create_future()
+        dial = Dial(waits(second), loop)
+        dial.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert seen == ["started", "cancelled"]
+        dial.cancel()  # finished: nothing to cancel, no error
+
+    uvloop.run(scenario())
+
+
+def test_backend_dial_past_timeouts_connect_is_cancelled_and_counted(tls_files: TLSFiles) -> None:
+    """A backend whose accept queue is full never answers the SYN: past `timeouts.connect` the
+    dial is cancelled, counted as backend_connect:timeout, and the client is closed."""
+    from types import SimpleNamespace
+
+    from fopproxy.relay import CLOSED
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(3):  # fill the accept queue: later SYNs are dropped
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.2)
+        try:
+            backend = SimpleNamespace(address=f"127.0.0.1:{port}")
+            relay = relay_for(tls_files, backend, loop, Timeouts(connect=0.4))  # type: ignore[arg-type]
+            conn = relay.protocol_factory()
+            client = MemoryClient(conn, client_context(tls_files.cafile))
+            client.handshake()
+            for _ in range(300):
+                if conn.state == CLOSED:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.state == CLOSED
+            assert relay.stats.backend_connect_errors["timeout"] == 1
+            assert conn.close_reason == "backend_connect:timeout"
+        finally:
+            for filler in fillers:
+                filler.close()
+            listener.close()
+
+    uvloop.run(scenario())
