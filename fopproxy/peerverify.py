@@ -12,14 +12,14 @@ The callback is installed wherever client certificates are asked for. With an al
 does real work once per handshake (at depth 0, for a chain OpenSSL already verified): one
 SHA-256 inside OpenSSL and a cached decision per distinct certificate. On any refusal it also
 notes whose certificate it was, for the connection's log line (`take_refused`).
+
+This module holds the policy (what is admitted, whose certificate it was); the C side (the
+callback installed on the SSL_CTX, the X509_STORE_CTX calls, the CA list) is fopproxy.native's.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import hashlib
-import os
 import ssl
 
 from cryptography import x509
@@ -32,88 +32,16 @@ from fopproxy.clientauth import (
     ClientTrust,
 )
 from fopproxy.errors import ComplianceError
-from fopproxy.native import _openssl, _ssl_ctx_pointer, bind_loaded_library
+from fopproxy.native import (
+    PeerCertificates,
+    PeerVerification,
+    VerifyFunction,
+    reach_peer_verification,
+)
 
-_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 # A bound on the decisions kept per context: distinct client certificates are few (Google's, a
 # rotation's next one); a flood of distinct ones only costs a re-parse after the reset.
 _CACHE_LIMIT = 4096
-
-
-class _Crypto:
-    """The libcrypto functions the callback needs, bound to the library CPython's _ssl loaded."""
-
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
-        self.depth = lib.X509_STORE_CTX_get_error_depth
-        self.depth.argtypes = [ctypes.c_void_p]
-        self.depth.restype = ctypes.c_int
-        self.current_cert = lib.X509_STORE_CTX_get_current_cert
-        self.current_cert.argtypes = [ctypes.c_void_p]
-        self.current_cert.restype = ctypes.c_void_p
-        self.leaf = lib.X509_STORE_CTX_get0_cert
-        self.leaf.argtypes = [ctypes.c_void_p]
-        self.leaf.restype = ctypes.c_void_p
-        self.set_error = lib.X509_STORE_CTX_set_error
-        self.set_error.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        self.set_error.restype = None
-        self.i2d_x509 = lib.i2d_X509
-        self.i2d_x509.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]
-        self.i2d_x509.restype = ctypes.c_int
-        self.x509_digest = lib.X509_digest
-        self.x509_digest.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint)
-        ]
-        self.x509_digest.restype = ctypes.c_int
-        sha256 = lib.EVP_sha256
-        sha256.argtypes = []
-        sha256.restype = ctypes.c_void_p
-        self.sha256: int = sha256()
-        # One output buffer per process: the callback runs on the event loop's thread only.
-        self._md = (ctypes.c_ubyte * 32)()
-        self._md_len = ctypes.c_uint(0)
-
-    def fingerprint(self, cert: int) -> bytes | None:
-        """SHA-256 of the certificate's DER, computed by OpenSSL (no copy of the DER needed)."""
-        if self.x509_digest(cert, self.sha256, self._md, ctypes.byref(self._md_len)) != 1:
-            return None
-        return bytes(self._md)[: self._md_len.value]
-
-    def der(self, cert: int) -> bytes | None:
-        size = self.i2d_x509(cert, None)
-        if size <= 0:
-            return None
-        buffer = ctypes.create_string_buffer(size)
-        cursor = ctypes.c_void_p(ctypes.addressof(buffer))
-        if self.i2d_x509(cert, ctypes.byref(cursor)) != size:
-            return None
-        return buffer.raw
-
-
-class _Ssl:
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
-        self.set_verify = lib.SSL_CTX_set_verify
-        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VerifyCallback]
-        self.set_verify.restype = None
-        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
-        self.get_verify_mode.argtypes = [ctypes.c_void_p]
-        self.get_verify_mode.restype = ctypes.c_int
-        self.load_client_ca_file = lib.SSL_load_client_CA_file
-        self.load_client_ca_file.argtypes = [ctypes.c_char_p]
-        self.load_client_ca_file.restype = ctypes.c_void_p
-        self.set_client_ca_list = lib.SSL_CTX_set_client_CA_list
-        self.set_client_ca_list.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-        self.set_client_ca_list.restype = None
-
-
-@functools.cache
-def _libraries() -> tuple[_Ssl, _Crypto] | None:
-    ssl_lib = bind_loaded_library("/libssl.so", _Ssl)
-    crypto = bind_loaded_library("/libcrypto.so", _Crypto)
-    if ssl_lib is None or crypto is None:
-        return None
-    return ssl_lib, crypto
 
 
 def identity_from_der(der: bytes) -> ClientIdentity:
@@ -166,7 +94,7 @@ def take_refused() -> ClientIdentity | None:
     return refused
 
 
-def _note_refused(crypto: _Crypto, store: int) -> None:
+def _note_refused(crypto: PeerCertificates, store: int) -> None:
     global _refused  # noqa: PLW0603
     der = crypto.der(crypto.leaf(store))
     try:
@@ -175,7 +103,7 @@ def _note_refused(crypto: _Crypto, store: int) -> None:
         _refused = None
 
 
-def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ignore[valid-type]
+def _decider(allow: AllowList, crypto: PeerCertificates) -> VerifyFunction:
     decisions: dict[bytes, bool] = {}
 
     def verify(preverify_ok: int, store: int) -> int:
@@ -208,19 +136,12 @@ def _decider(allow: AllowList, crypto: _Crypto) -> _VerifyCallback:  # type: ign
         crypto.set_error(store, X509_V_ERR_APPLICATION_VERIFICATION)
         return 0
 
-    return _VerifyCallback(verify)
+    return verify
 
 
-def _reach(ctx: ssl.SSLContext) -> tuple[tuple[_Ssl, _Crypto], int] | None:
-    """The bindings and `ctx`'s SSL_CTX pointer, or None where either cannot be had safely."""
-    libraries = _libraries()
-    core = _openssl()
-    if libraries is None or core is None:
-        return None
-    try:
-        return libraries, _ssl_ctx_pointer(ctx, core)
-    except ComplianceError:
-        return None
+def _reach(ctx: ssl.SSLContext) -> PeerVerification | None:
+    """`ctx`'s verify plumbing (native), or None where it cannot be had safely."""
+    return reach_peer_verification(ctx)
 
 
 def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
@@ -240,12 +161,7 @@ def install_allow_check(ctx: ssl.SSLContext, allow: AllowList) -> None:
             "cannot be enforced; remove the allow-list (any certificate from ca) or use "
             "another runtime"
         )
-    (ssl_lib, crypto), pointer = reached
-    mode = ssl_lib.get_verify_mode(pointer)
-    callback = _decider(allow, crypto)
-    ssl_lib.set_verify(pointer, mode, callback)
-    # The C side holds only a raw pointer: the context keeps the callback alive as long as it.
-    ctx._fopproxy_allow_check = callback  # type: ignore[attr-defined]
+    reached.set_verify(_decider(allow, reached.certificates))
 
 
 def name_client_cas(ctx: ssl.SSLContext, pem: str) -> bool:
@@ -259,19 +175,7 @@ def name_client_cas(ctx: ssl.SSLContext, pem: str) -> bool:
     reached = _reach(ctx)
     if reached is None:
         return False
-    (ssl_lib, _), pointer = reached
-    # SSL_load_client_CA_file takes a path: hand it the validated bytes through a memfd, not the
-    # user's file again (a rotation may be rewriting it right now).
-    fd = os.memfd_create("fopproxy-client-ca", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, pem.encode("ascii"))
-        names = ssl_lib.load_client_ca_file(f"/proc/self/fd/{fd}".encode())
-    finally:
-        os.close(fd)
-    if not names:
-        return False
-    ssl_lib.set_client_ca_list(pointer, names)  # the context owns the list from here
-    return True
+    return reached.set_client_ca_names(pem)
 
 
 def apply_client_trust(ctx: ssl.SSLContext, trust: ClientTrust) -> None:

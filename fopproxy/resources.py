@@ -8,7 +8,7 @@ shedding the rest through the normal, counted `max_connections` path.
 
 Heap: a burst of handshakes (each SSL object holds tens of KiB) leaves glibc's heap fragmented;
 freed memory stays resident after the burst, so RSS ratchets up with every flood. Once a burst
-is over, `malloc_trim(0)` (bound in native.py) hands the free pages back. It runs only after the
+is over, `malloc_trim(0)` (bound in native) hands the free pages back. It runs only after the
 open-connection count fell to a quarter of its recent peak, so steady load never pays for it.
 """
 

@@ -69,7 +69,7 @@ def test_tls_session_survives_releases_between_records(
 
 
 def test_no_libcrypto_in_reach_means_no_releaser(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "loaded_library", lambda fragment: None)
+    monkeypatch.setattr(native.binding, "loaded_library", lambda fragment: None)
     native.bio_releaser.cache_clear()
     try:
         assert native.bio_releaser() is None
