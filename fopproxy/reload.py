@@ -145,6 +145,15 @@ class ContentStore(Generic[C, B]):
         self._seen = key
         return self._consider(key, content, error, force=force)
 
+    def reload_on_request(self) -> None:
+        """SIGHUP: `reload(force=True)`, which must not raise into the signal handler (the
+        loop's report of it would be all there is, and asyncio's logger is quiet here). A
+        failure nobody foresaw is counted and logged as the watcher's are; what serves stays."""
+        try:
+            self.reload(force=True)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self.fail_transient(f"{type(exc).__name__}: {exc}")
+
     def _read(self) -> tuple[str, C | None, CertificateError | None]:
         """The content key of the files now: their digest, or what stops them being read.
 

@@ -104,7 +104,7 @@ class Worker:
     def _on_hup(self) -> None:
         log.info("SIGHUP: reloading certificates")
         if self.store is not None:
-            self.store.reload(force=True)
+            self.store.reload_on_request()
         if self.outbound is not None:
             self.outbound.reload()
 

@@ -280,6 +280,23 @@ def test_sighup_reload_reports_at_once(files: Files, clock: Clock) -> None:
     assert _serial(store) == second.serial
 
 
+def test_sighup_failure_nobody_foresaw_is_counted_not_raised(
+    files: Files, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the SIGHUP handler calls never raises: an unexpected error while building is a
+    counted, logged failure, and the certificates in force keep serving."""
+    first = files.issue()
+    store = _store(files, clock, first)
+
+    def broken(_content: object) -> None:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(store, "build", broken)
+    store.reload_on_request()
+    assert _counts(store) == (0, 1)
+    assert _serial(store) == first.serial
+
+
 def test_start_with_broken_files_raises(files: Files, clock: Clock) -> None:
     """At start there is nothing to fall back on: a broken file is an error (exit 2)."""
     first = files.issue()

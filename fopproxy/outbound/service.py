@@ -106,7 +106,7 @@ class OutboundService:
     def reload(self) -> None:
         """SIGHUP: re-read every outbound's files now."""
         for store in self.stores:
-            store.reload(force=True)
+            store.reload_on_request()
 
     def stop_accepting(self) -> None:
         for listener in self.listeners:
