@@ -4,7 +4,9 @@ File descriptors: every connection holds two (client and backend). If `max_conne
 more than RLIMIT_NOFILE allows, accepts and backend dials start failing with EMFILE, and libuv
 then sheds new clients silently (it accepts and closes them, so nothing is counted or logged).
 So the worker raises its soft limit to the hard limit, and serves at most what the limit allows,
-shedding the rest through the normal, counted `max_connections` path.
+shedding the rest through the normal, counted `max_connections` path. The inbound listener and
+every outbound listener each have `max_connections` of their own but share the one limit, so
+where their bounds together do not fit it, each gets a share in proportion (`share_capacity`).
 
 Heap: a burst of handshakes (each SSL object holds tens of KiB) leaves glibc's heap fragmented;
 freed memory stays resident after the burst, so RSS ratchets up with every flood. Once a burst
@@ -49,9 +51,14 @@ def raise_nofile_limit() -> int:
     return NOFILE_CEILING if soft == resource.RLIM_INFINITY else soft
 
 
-def connection_capacity(max_connections: int, nofile: int) -> int:
-    """How many connections fit in `nofile` descriptors, capped at `max_connections`."""
-    return max(1, min(max_connections, (nofile - RESERVED_FDS) // FDS_PER_CONNECTION))
+def share_capacity(bounds: list[int], nofile: int) -> list[int]:
+    """How many connections each listener may hold when they share `nofile` descriptors: its
+    own bound where all of them fit, otherwise a share in proportion to its bound (at least 1)."""
+    budget = max(len(bounds), (nofile - RESERVED_FDS) // FDS_PER_CONNECTION)
+    total = sum(bounds)
+    if total <= budget:
+        return list(bounds)
+    return [max(1, bound * budget // total) for bound in bounds]
 
 
 def trim_heap() -> None:

@@ -20,9 +20,9 @@ from fopproxy.listen import bind_tcp
 from fopproxy.relay import Relay
 from fopproxy.reload import CertificateStore, watch
 from fopproxy.resources import (
-    connection_capacity,
     raise_nofile_limit,
     release_memory_after_bursts,
+    share_capacity,
 )
 from fopproxy.stats import Stats
 
@@ -109,19 +109,27 @@ class Worker:
             self.outbound.reload()
 
     async def start(self) -> None:
+        # One descriptor budget for the inbound listener and every outbound one.
+        nofile = raise_nofile_limit()
+        bounds = [self.config.max_connections] * (
+            (self.store is not None) + (len(self.outbound.entries) if self.outbound else 0)
+        )
+        capacities = share_capacity(bounds, nofile)
         if self.store is not None:
-            await self._start_inbound()
-        else:
-            raise_nofile_limit()  # the inbound start does it where there is one
+            await self._start_inbound(nofile, capacities.pop(0))
         if self.outbound is not None:
-            await self.outbound.start(reuse_port=self.reuse_port)
+            await self.outbound.start(reuse_port=self.reuse_port, capacities=capacities)
+            if capacities and capacities[0] < self.config.max_connections:
+                log.warning(
+                    "the open-file limit (ulimit -n) is %d, shared by the inbound listener and "
+                    "%d outbound one(s): each outbound serves at most %d connections at once",
+                    nofile, len(capacities), capacities[0],
+                )
 
-    async def _start_inbound(self) -> None:
+    async def _start_inbound(self, nofile: int, capacity: int) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
         assert config.backend is not None
-        nofile = raise_nofile_limit()
-        capacity = connection_capacity(config.max_connections, nofile)
         if capacity < config.max_connections and not config.max_connections_set:
             log.info(
                 "open-file limit (ulimit -n) is %d: serving at most %d connections at once "

@@ -69,8 +69,12 @@ class OutboundService:
             for listener in self.listeners
         )
 
-    async def start(self, *, reuse_port: bool = False) -> None:
-        """Bind every listener (all or none: a port in use stops the start)."""
+    async def start(
+        self, *, reuse_port: bool = False, capacities: Sequence[int] | None = None
+    ) -> None:
+        """Bind every listener (all or none: a port in use stops the start). `capacities`: the
+        bound of each listener's connections where the descriptor limit cuts `max_connections`
+        (resources.share_capacity)."""
         loop = asyncio.get_running_loop()
         socks: list[socket.socket] = []
         try:
@@ -80,11 +84,13 @@ class OutboundService:
             for sock in socks:
                 sock.close()
             raise
-        for entry, store, stats, sock in zip(self.entries, self.stores, self.stats, socks,
-                                             strict=True):
+        bounds = list(capacities) if capacities else [self.max_connections] * len(self.entries)
+        for entry, store, stats, sock, bound in zip(
+            self.entries, self.stores, self.stats, socks, bounds, strict=True
+        ):
             listener = OutboundListener(
                 loop, entry, store, stats,
-                max_connections=self.max_connections, log_connections=self.log_connections,
+                max_connections=bound, log_connections=self.log_connections,
             )
             listener.server = await loop.create_server(
                 listener.protocol_factory, sock=sock, backlog=self.backlog

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SERVER_NAME
+from tests.conftest import SERVER_NAME, TLSFiles
 from tests.reliability.conftest import NOFILE, StartProxy
 from tests.reliability.support import (
     AsyncBackend,
@@ -22,6 +22,7 @@ from tests.reliability.support import (
     rss_kib,
     wait_until,
 )
+from tests.support.backends import free_port
 from tests.support.proxy import ProxyProcess
 
 STREAMS = 2000
@@ -154,6 +155,39 @@ def test_out_of_file_descriptors_is_logged_and_survived(start_proxy: StartProxy,
     assert proxy.proc.poll() is None
     canary.close()
     again.close()
+
+
+def test_outbound_listener_shares_the_file_limit_with_the_inbound_one(
+    start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext, tls_files: TLSFiles
+) -> None:
+    """Under `ulimit -n 64` the inbound listener and one outbound listener share 16 connections,
+    8 each: the outbound's 9th client is shed, counted and logged (before: each took all 16 and
+    the limit ran out as EMFILE), and the inbound side keeps serving."""
+    upstream = socket.create_server(("127.0.0.1", 0))  # never speaks TLS: outbound handshakes wait
+    listen = f"127.0.0.1:{free_port()}"
+    outbound = [{
+        "name": "google", "listen": listen, "connect": f"127.0.0.1:{upstream.getsockname()[1]}",
+        "server_name": SERVER_NAME, "trust": str(tls_files.cafile),
+    }]
+    proxy = start_proxy(
+        echo_server.address, nofile=64, outbound=outbound,
+        timeouts={"handshake": 30, "connect": 2, "idle": 60, "drain": 5},
+    )
+    clients: list[socket.socket] = []
+    try:
+        log = proxy.wait_for_log("each outbound serves at most 8 connections at once")
+        assert "open-file limit (ulimit -n) is 64: serving at most 8 connections" in log
+        host, port = listen.rsplit(":", 1)
+        clients = [socket.create_connection((host, int(port)), timeout=5) for _ in range(12)]
+        proxy.wait_for_log("outbound google: rejecting new connections (limit): 8 open, limit 8")
+        canary = Canary(proxy.host, proxy.port, ctx)
+        canary.check()
+        canary.close()
+        assert proxy.proc.poll() is None
+    finally:
+        for client in clients:
+            client.close()
+        upstream.close()
 
 
 def test_low_soft_fd_limit_is_raised_to_the_hard_limit(start_proxy: StartProxy, echo_server: AsyncBackend, ctx: ssl.SSLContext) -> None:
