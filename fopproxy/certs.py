@@ -331,25 +331,22 @@ class CertificateSet:
         for host in candidates:
             group = _group_for(self.certificates, host)
             if group and group != default_group and group not in self._contexts:
-                self._contexts[group] = self._make_context(group, with_sni=False)
+                self._contexts[group] = self._make_context(group, with_sni=False)[0]
         # The default context always gets the SNI callback: it records the name for the log line
         # and, where several certificates share a key type, switches to the group for that name.
-        self._contexts[default_group] = self._make_context(default_group, with_sni=True)
-        self.context: ssl.SSLContext = self._contexts[default_group]
-        self._default_group = default_group
         # With tickets, connections start on a twin of the default context that keeps the
         # current ticket key inside libssl (tls.TicketContexts); `context` opens older keys.
+        twin = tickets is not None and not needs_sni
+        default, fast = self._make_context(default_group, with_sni=True, twin=twin)
+        self._contexts[default_group] = default
+        self.context: ssl.SSLContext = default
+        self._default_group = default_group
         self._tickets: TicketContexts | None = None
-        if tickets is not None and not needs_sni:
-            try:
-                fast = self._make_context(default_group, with_sni=True, ticket_key_in_libssl=True)
-            except ComplianceError:
-                fast = None  # libssl would not take the key: every ticket through the callback
-            if fast is not None:
-                members = [self.certificates[i] for i in default_group]
-                self._tickets = TicketContexts(
-                    fast, self.context, tickets, _session_context(members, self.client_trust)
-                )
+        if tickets is not None and fast is not None:
+            members = [self.certificates[i] for i in default_group]
+            self._tickets = TicketContexts(
+                fast, default, tickets, _session_context(members, self.client_trust)
+            )
 
     def start(self) -> tuple[ssl.SSLContext, tuple[bytes, ...]]:
         """The context a new connection starts on, and the ticket key names that, found in the
@@ -364,15 +361,19 @@ class CertificateSet:
             self._tickets.sync()
 
     def _make_context(
-        self, group: tuple[int, ...], *, with_sni: bool, ticket_key_in_libssl: bool = False
-    ) -> ssl.SSLContext:
+        self, group: tuple[int, ...], *, with_sni: bool, twin: bool = False
+    ) -> tuple[ssl.SSLContext, ssl.SSLContext | None]:
+        """The context serving `group`, and with `twin` the same with the ticket key held in
+        libssl (None where libssl would not take it: every ticket then goes through the
+        callback); both from one set of memory files."""
         members = [self.certificates[i] for i in group]
         blobs = [blob for c in members for blob in (c.cert_pem, c.key_pem)]
         with memory_files(*blobs) as paths:
             chains = [
                 (paths[2 * i], paths[2 * i + 1], c.password) for i, c in enumerate(members)
             ]
-            try:
+
+            def build(ticket_key_in_libssl: bool) -> ssl.SSLContext:
                 return build_context(
                     self.selection,
                     chains,
@@ -383,8 +384,18 @@ class CertificateSet:
                     ticket_key_in_libssl=ticket_key_in_libssl,
                     client_trust=self.client_trust,
                 )
+
+            try:
+                context = build(False)
             except ssl.SSLError as exc:
                 raise CertificateError(f"OpenSSL rejected the certificate set: {exc}") from None
+            fast: ssl.SSLContext | None = None
+            if twin:
+                try:
+                    fast = build(True)
+                except (ComplianceError, ssl.SSLError):
+                    fast = None  # libssl would not take the key: every ticket via the callback
+            return context, fast
 
     def _on_sni(
         self, ssl_object: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext

@@ -109,15 +109,18 @@ def test_key_file_shared_by_two_pods(
         assert not resumed, "a pod without the key file resumed pod a's session"
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
 def test_key_file_rotation_keeps_previous_key(
     tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles, echo_backend: ThreadedBackend,
+    version: str,
 ) -> None:
-    """New key first: old tickets still resume; old key removed: full handshake; no restart."""
+    """New key first: old tickets still resume (their ClientHello names the older key, so the
+    connection moves to the context that opens every key); old key removed: full handshake."""
     key_file = tmp_path / "tickets.key"
     write_key_file(str(key_file))
     old_key = key_file.read_bytes()
-    ctx = _client(tls_files, "TLSv1_2")
-    config = _config(proxy_config, echo_backend, "TLSv1_2", key_file=str(key_file))
+    ctx = _client(tls_files, version)
+    config = _config(proxy_config, echo_backend, version, key_file=str(key_file))
     config["tls"]["reload_interval"] = 0.2
     with ProxyProcess(tmp_path, config) as proxy:
         _, session = _reconnect(proxy.port, ctx, None)
