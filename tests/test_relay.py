@@ -207,7 +207,6 @@ def test_backend_dial_past_timeouts_connect_is_cancelled_and_counted(tls_files: 
     from fopproxy.relay import CLOSED
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
         listener = socket.create_server(("127.0.0.1", 0), backlog=0)
         port = listener.getsockname()[1]
         fillers = []
@@ -220,15 +219,9 @@ def test_backend_dial_past_timeouts_connect_is_cancelled_and_counted(tls_files: 
         await asyncio.sleep(0.2)
         try:
             backend = SimpleNamespace(address=f"127.0.0.1:{port}")
-            relay = relay_for(tls_files, backend, loop, Timeouts(connect=0.4))  # type: ignore[arg-type]
-            conn = relay.protocol_factory()
-            client = MemoryClient(conn, client_context(tls_files.cafile))
-            client.handshake()
-            for _ in range(300):
-                if conn.state == CLOSED:
-                    break
-                await asyncio.sleep(0.01)
-            assert conn.state == CLOSED
+            relay, conn, _ = await opened_connection(
+                tls_files, backend, state=CLOSED, connect=0.4  # type: ignore[arg-type]
+            )
             assert relay.stats.backend_connect_errors["timeout"] == 1
             assert conn.close_reason == "backend_connect:timeout"
         finally:

@@ -211,16 +211,19 @@ def relay_for(
     return Relay(loop, lambda: certs, config.backend, timeouts or Timeouts(), 100, Stats(), log_connections)
 
 
-async def opened_connection(tls_files: TLSFiles, backend: ThreadedBackend, **timeouts: float) -> tuple[Relay, ClientConnection, MemoryClient]:
-    """A relay on the running loop and one connection through its handshake and backend dial."""
+async def opened_connection(
+    tls_files: TLSFiles, backend: ThreadedBackend, *, state: int = OPEN, **timeouts: float
+) -> tuple[Relay, ClientConnection, MemoryClient]:
+    """A relay on the running loop and one connection through its handshake, waited on (up to
+    3 s) until it reaches `state`: OPEN once the backend dial succeeded."""
     loop = asyncio.get_running_loop()
     relay = relay_for(tls_files, backend, loop, Timeouts(**timeouts), log_connections=True)
     conn = relay.protocol_factory()
     client = MemoryClient(conn, client_context(tls_files.cafile))
     client.handshake()
-    for _ in range(200):
-        if conn.state == OPEN:
+    for _ in range(300):
+        if conn.state == state:
             break
         await asyncio.sleep(0.01)
-    assert conn.state == OPEN
+    assert conn.state == state
     return relay, conn, client
