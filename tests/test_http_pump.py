@@ -290,6 +290,61 @@ async def test_backend_closing_between_requests_is_dialled_again() -> None:
     assert len(h.backends) == 2 and b"GET /b" in h.backends[1].written
 
 
+@pytest.mark.parametrize("gone", ["eof", "reset"])
+async def test_idempotent_request_on_a_reused_connection_the_backend_dropped_is_sent_again(gone: str) -> None:
+    """The backend's keep-alive timer fires as the next request goes out: a GET is sent again,
+    once, on a new connection, and answered; the client never sees the race."""
+    h = Harness()
+    await h.send(get("/a"))
+    h.backend.answer(ok(b"a"))
+    await h.send(get("/b"))
+    first = h.backend
+    assert b"GET /b" in first.written
+    if gone == "eof":
+        first.protocol.eof_received()
+    else:
+        first.protocol.connection_lost(ConnectionResetError())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(h.backends) == 2
+    second = h.backend
+    assert second.written == first.written[first.written.index(b"GET /b") :]
+    second.answer(ok(b"b"))
+    assert bytes(h.client.received) == ok(b"a") + ok(b"b")
+    assert h.client.finished is None
+    assert h.stats.requests == {("GET", 200): 2}
+
+
+async def test_no_second_try_for_a_post_a_first_request_or_a_second_failure() -> None:
+    """A POST (not idempotent) and a request on a connection that never answered anything get
+    the 502; a request sent again is not sent a third time."""
+    h = Harness()
+    await h.send(get("/a"))
+    h.backend.answer(ok(b"a"))
+    await h.send(b"POST /pay HTTP/1.1\r\nHost: api\r\nContent-Length: 2\r\n\r\nhi")
+    h.backend.protocol.eof_received()
+    assert b"HTTP/1.1 502 " in h.client.received
+    assert len(h.backends) == 1
+
+    h = Harness()
+    await h.send(get("/first"))
+    h.backend.protocol.eof_received()  # a new connection closed at once: the backend is down
+    assert h.client.received.startswith(b"HTTP/1.1 502 ")
+    assert len(h.backends) == 1
+
+    h = Harness()
+    await h.send(get("/a"))
+    h.backend.answer(ok(b"a"))
+    await h.send(get("/b"))
+    h.backend.protocol.eof_received()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert len(h.backends) == 2
+    h.backend.protocol.eof_received()
+    assert b"HTTP/1.1 502 " in h.client.received
+    assert len(h.backends) == 2
+
+
 async def test_backend_bytes_with_no_request_are_never_relayed() -> None:
     h = Harness()
     await h.send(get("/a"))

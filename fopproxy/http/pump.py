@@ -12,6 +12,10 @@ Rules, and why:
   them is complete; while one waits, the client is not read (so what waits is one read at most).
 - Memory is bounded as in tcp mode: a body is written as it is parsed; when the backend's
   transport is full the client is paused; when the client's is full the backend is paused.
+- A backend may close a kept-alive connection just as the next request goes out on it (its idle
+  timer fired): an idempotent request (RFC 9110: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose
+  bytes were all held (at most REPLAY_LIMIT) is sent again, once, on a new connection when a
+  reused connection closes or resets before any byte of the answer; anything else is a 502.
 - The proxy answers itself when the backend cannot: 502 when it cannot be reached or closes or
   resets before any byte of the answer, 504 when it said nothing for `timeouts.idle`, 400/431/501
   for refused requests (in order: after the answers to the requests before them). Every proxy
@@ -38,6 +42,11 @@ from fopproxy.http.stats import HttpStats
 log = logging.getLogger("fopproxy.http")
 
 Connector = Callable[[Callable[[], asyncio.BaseProtocol]], Awaitable[object]]
+
+# Requests that may be sent again when a reused backend connection dies before answering them.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# The most of one request held for that (head and body); a larger one is a 502 instead.
+REPLAY_LIMIT = 64 * 1024
 
 
 class ClientSide(Protocol):
@@ -164,6 +173,11 @@ class HttpPump(asyncio.Transport):
         self._dial: asyncio.Task[None] | None = None
         self.active = False  # requests[0] is on the backend
         self.answered = 0  # response bytes of requests[0] already sent to the client
+        # The backend connection has answered a request before (a kept-alive one), and the
+        # bytes of requests[0] as written, while it may still be sent again (None otherwise).
+        self.reused = False
+        self._replay: list[bytes] | None = None
+        self._replay_size = 0
         self.input_closed = False  # the client sends no more requests we will read
         self.pending_error: RequestError | None = None  # to answer once the queue is empty
         self.closed = False
@@ -280,8 +294,17 @@ class HttpPump(asyncio.Transport):
                 self.active = True
                 self.answered = 0
                 self.tracker.reset(head_only=front.head_only)
+                self._replay = [] if self.reused and front.method in IDEMPOTENT else None
+                self._replay_size = 0
             out = front.out
             if out:
+                replay = self._replay
+                if replay is not None:
+                    self._replay_size += sum(map(len, out))
+                    if self._replay_size <= REPLAY_LIMIT:
+                        replay.extend(bytes(chunk) for chunk in out)
+                    else:
+                        self._replay = None
                 if len(out) == 1:
                     self.backend.write(out[0])  # type: ignore[union-attr]  # active: connected
                 else:
@@ -334,6 +357,7 @@ class HttpPump(asyncio.Transport):
             return
         self.backend = transport
         self._backend_side = side
+        self.reused = False
         if self._limits is not None:
             transport.set_write_buffer_limits(*self._limits)
         if self.preamble:
@@ -379,6 +403,19 @@ class HttpPump(asyncio.Transport):
         if self.tracker.finish_at_eof():
             self._response_done(self.requests[0])
             return
+        front = self.requests[0]
+        replay, self._replay = self._replay, None
+        if replay is not None and self.answered == 0 and front.done:
+            # A kept-alive connection the backend closed as this request went out (see the
+            # module docstring): once more, on a new connection.
+            log.info(
+                "backend closed a reused connection before answering %s %s; sent again on a "
+                "new connection", front.method, front.path(),
+            )
+            front.out[:0] = replay
+            self.active = False
+            self._advance()
+            return
         self._backend_failed("backend_reset")
 
     def _backend_failed(self, reason: str) -> None:
@@ -408,6 +445,7 @@ class HttpPump(asyncio.Transport):
         tracker = self.tracker
         self.requests.popleft()
         self.active = False
+        self._replay = None
         self._account(request, tracker.final_status, "-", tracker.body_bytes)
         if not request.done:
             # The backend answered before the whole body arrived: the rest of it must not be
@@ -421,6 +459,7 @@ class HttpPump(asyncio.Transport):
             self._drop_backend(abort=False)
             self._end(clean=True, reason="backend_close")
             return
+        self.reused = True
         if not request.keep_alive:
             self.input_closed = True
         self._advance()

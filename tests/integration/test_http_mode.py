@@ -420,3 +420,72 @@ def test_client_auth_certificate_and_proxy_header_reach_the_backend(tmp_path: Pa
         assert b"ZXZpbA" not in stream
         log = proxy.wait_for_log("path=/b")
         assert "cert=CN=payments.google.com" in log
+
+
+class RacingBackend:
+    """A keep-alive backend whose idle timer always wins: on each connection it answers the
+    first request, then closes when the next one arrives, without answering it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.heads.append(data.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.recv(65536)  # the next request: closed unanswered
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_get_on_a_connection_the_backend_drops_is_sent_again_post_is_a_502(tmp_path: Path, proxy_config: ConfigFactory, tls_files: TLSFiles) -> None:
+    """Python's http.client keeps one TLS connection; the backend closes its kept-alive
+    connection as the second request arrives. A GET is sent again on a new connection and
+    answered (the client sees two 200s); a POST is answered 502, never sent twice."""
+    racing = RacingBackend()
+    try:
+        with ProxyProcess(tmp_path, http_config(proxy_config, racing.address)) as proxy:
+            client = connection(proxy, tls_files)
+            for path in ("/a", "/b"):
+                client.request("GET", path)
+                response = client.getresponse()
+                assert (response.status, response.read()) == (200, b"ok")
+            assert racing.heads == [b"GET /a HTTP/1.1", b"GET /b HTTP/1.1"]
+            assert racing.connections == 2
+            client.close()
+            proxy.wait_for_log("sent again on a new connection")
+
+            client = connection(proxy, tls_files)
+            client.request("GET", "/c")
+            assert client.getresponse().read() == b"ok"
+            client.request("POST", "/pay", body=b"{}")
+            response = client.getresponse()
+            assert response.status == 502
+            response.read()
+            client.close()
+            assert racing.heads[-1] == b"GET /c HTTP/1.1"
+            assert racing.connections == 3
+    finally:
+        racing.close()
