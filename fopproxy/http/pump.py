@@ -302,7 +302,7 @@ class HttpPump(asyncio.Transport):
                 if replay is not None:
                     self._replay_size += sum(map(len, out))
                     if self._replay_size <= REPLAY_LIMIT:
-                        replay.extend(bytes(chunk) for chunk in out)
+                        replay.extend(out)  # bytes objects (httptools'), never a view
                     else:
                         self._replay = None
                 if len(out) == 1:
