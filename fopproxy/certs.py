@@ -348,12 +348,15 @@ class CertificateSet:
                 fast, default, tickets, _session_context(members, self.client_trust)
             )
 
-    def start(self) -> tuple[ssl.SSLContext, tuple[bytes, ...]]:
-        """The context a new connection starts on, and the ticket key names that, found in the
-        client's first bytes, send it to `context` instead (tls.TicketContexts)."""
-        if self._tickets is None:
-            return self.context, ()
-        return self._tickets.start()
+    def start(self) -> tuple[ssl.SSLContext, TicketContexts | None]:
+        """The context a new connection starts on, and, while older ticket keys are in force,
+        the TicketContexts whose `older` names, found in the client's first bytes, move it to
+        that set's `keyed` context."""
+        tickets = self._tickets
+        if tickets is None:
+            return self.context, None
+        context, older = tickets.start()
+        return context, tickets if older else None
 
     def sync_tickets(self) -> None:
         """Bring the key libssl holds up to the ring's (on every reload check)."""

@@ -41,6 +41,7 @@ from fopproxy.tlspipe import BULK_AFTER, SMALL_SLICE, SSL_READ_SIZE, TLS_SLICE, 
 
 if TYPE_CHECKING:
     from fopproxy.certs import CertificateSet
+    from fopproxy.tls import TicketContexts
 
 log = logging.getLogger("fopproxy.conn")
 
@@ -338,12 +339,12 @@ class ClientConnection(asyncio.BufferedProtocol):
         "_last",
         "_lean",
         "_moved",
-        "_older",
         "_peer",
         "_preamble",
         "_reason",
         "_started",
         "_streaming",
+        "_tickets",
         "_transport",
         "backend",
         "backend_done",
@@ -380,7 +381,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._peer: Any = None
         self.client_cert: ClientIdentity | None = None
         self._preamble = b""
-        self._older: tuple[bytes, ...] = ()
+        self._tickets: TicketContexts | None = None
 
     # ---- client transport events ---------------------------------------------------------
 
@@ -400,7 +401,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         stats.connections_active = len(relay.active)
         if relay.log_connections:
             self._peer = transport.get_extra_info("peername")
-        context, self._older = relay.certificates().start()
+        context, self._tickets = relay.certificates().start()
         self.pipe = TLSPipe(context, server_side=True)
         # Durations use a real clock: uvloop's loop.time() is cached per loop pass in whole
         # milliseconds, too coarse for handshake and dial histograms. Deadlines stay on it.
@@ -464,7 +465,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 return
             self._decrypted(data)
             return
-        if self._older:  # a client's first bytes, while older ticket keys are in force
+        if self._tickets is not None:  # a client's first bytes, older ticket keys in force
             pipe = self._route(nbytes)
         write = pipe.incoming.write
         if nbytes <= step:
@@ -485,11 +486,14 @@ class ClientConnection(asyncio.BufferedProtocol):
     def _route(self, nbytes: int) -> TLSPipe:
         """Start on the context that opens every ticket key if the ClientHello names an older
         one (tls.TicketContexts); the usual client stays on the one that needs no Python."""
-        older, self._older = self._older, ()
+        tickets, self._tickets = self._tickets, None
+        assert tickets is not None
         area = self.relay.read_area
-        for name in older:
+        for name in tickets.older:
             if area.find(name, 0, nbytes) >= 0:
-                self.pipe = TLSPipe(self.relay.certificates().context, server_side=True)
+                # The keyed context of the very set the connection started on (a reload since
+                # may have published another, whose keys are scoped to other certificates).
+                self.pipe = TLSPipe(tickets.keyed, server_side=True)
                 break
         return self.pipe
 
